@@ -1,0 +1,165 @@
+"""Triplet accuracy, the measure of FECNet (Vemulapalli & Agarwala, "A Compact Embedding for Facial
+Expression Similarity", CVPR 2019): for three faces, is the pair closest in the embedding the pair people
+call most alike? Triplets here are FER+ triplets in FEC's style (``../shared/data/ferplus/triplets_*.csv``,
+columns ``image_a, image_b, image_c, most_similar (ab|ac|bc), type (ONE|TWO|THREE_CLASS)``).
+
+Every triplet counts: an image on which no face is found is embedded whole, never skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .imageio import load_image
+from .workers import WorkerConfig, current_pipeline, default_workers, map_images
+
+PAIRS = ("ab", "ac", "bc")
+
+#: Image transforms for robustness checks (applied to the decoded RGB image before anything else).
+TRANSFORMS = ("none", "mirror", "downscale2", "brighter", "darker")
+
+
+@dataclass(frozen=True)
+class Triplet:
+    a: str
+    b: str
+    c: str
+    most_similar: str  # "ab", "ac" or "bc"
+    type: str  # "ONE_CLASS", "TWO_CLASS" or "THREE_CLASS"
+
+
+@dataclass
+class TripletReport:
+    """Triplet accuracy overall and per triplet type: ``{type: (accuracy, n)}``."""
+
+    overall: float
+    n: int
+    per_type: dict[str, tuple[float, int]]
+
+    def lines(self) -> list[str]:
+        """The ``facial-search eval`` output: one line per type, then ``triplet_accuracy: 0.XXXX``."""
+        out = [f"{t}: {acc:.4f} (n={n})" for t, (acc, n) in sorted(self.per_type.items())]
+        return out + [f"triplet_accuracy: {self.overall:.4f}"]
+
+
+def read_triplets(path: str | os.PathLike) -> list[Triplet]:
+    """Read a triplet CSV; raises ``ValueError`` on a malformed row."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            if row.get("most_similar") not in PAIRS:
+                raise ValueError(f"{path}:{i}: most_similar must be one of ab, ac, bc")
+            out.append(
+                Triplet(row["image_a"], row["image_b"], row["image_c"], row["most_similar"], row.get("type") or "ALL")
+            )
+    return out
+
+
+def transform_image(rgb: np.ndarray, transform: str) -> np.ndarray:
+    """Apply a robustness transform: ``mirror`` (left-right), ``downscale2`` (half size then back up,
+    bilinear), ``brighter`` / ``darker`` (intensity x1.2 / x0.8, clipped)."""
+    if transform == "none":
+        return rgb
+    if transform == "mirror":
+        return np.ascontiguousarray(rgb[:, ::-1])
+    if transform == "downscale2":
+        from PIL import Image
+
+        h, w = rgb.shape[:2]
+        small = Image.fromarray(rgb).resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR)
+        return np.asarray(small.resize((w, h), Image.BILINEAR))
+    if transform in ("brighter", "darker"):
+        f = 1.2 if transform == "brighter" else 0.8
+        return np.clip(rgb.astype(np.float32) * f + 0.5, 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown transform {transform!r}; one of {', '.join(TRANSFORMS)}")
+
+
+def _embed_one(task: tuple[str, bool, str]) -> np.ndarray:
+    """Worker task: the embedding of the largest face of one image (the whole image when none is found)."""
+    from .faces import whole_image_face
+
+    path, cropped, transform = task
+    pipeline = current_pipeline()
+    rgb = transform_image(load_image(path), transform)
+    faces = pipeline.faces(rgb, cropped=cropped) or [whole_image_face(rgb)]
+    face = max(faces, key=lambda f: f.box[2] * f.box[3])
+    return pipeline.embed(rgb, [face])[0]
+
+
+def embed_images(
+    paths: list[str],
+    *,
+    cropped: bool = False,
+    transform: str = "none",
+    embedder: str | None = None,
+    model_path: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """``(len(paths), D) float32``: one embedding per image (largest face, or the whole image)."""
+    from tqdm import tqdm
+
+    config = WorkerConfig(embedder=embedder, model_path=model_path, max_faces=4)
+    tasks = [(p, cropped, transform) for p in paths]
+    it = map_images(_embed_one, tasks, config, workers=workers or default_workers(), chunksize=16)
+    rows = list(tqdm(it, total=len(tasks), unit="img", desc="embedding", file=sys.stderr, disable=not progress))
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+
+
+def triplet_accuracy(triplets: list[Triplet], embeddings: dict[str, np.ndarray]) -> TripletReport:
+    """Share of triplets whose closest pair (Euclidean) in ``embeddings`` is the labelled pair.
+
+    Ties are broken in the order ab, ac, bc (a tie counts as a miss unless the labelled pair comes first)."""
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for t in triplets:
+        a, b, c = embeddings[t.a], embeddings[t.b], embeddings[t.c]
+        d = (np.linalg.norm(a - b), np.linalg.norm(a - c), np.linalg.norm(b - c))
+        ok = PAIRS[int(np.argmin(d))] == t.most_similar
+        hits[t.type][0] += ok
+        hits[t.type][1] += 1
+    total = sum(h[1] for h in hits.values())
+    per_type = {k: (h[0] / h[1], h[1]) for k, h in hits.items()}
+    overall = sum(h[0] for h in hits.values()) / total if total else float("nan")
+    return TripletReport(overall, total, per_type)
+
+
+def evaluate(
+    triplets_csv: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    cropped: bool = False,
+    transform: str = "none",
+    embedder: str | None = None,
+    model_path: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> TripletReport:
+    """Embed every distinct image of a triplet file once (images looked up in ``images``) and score it.
+
+    Raises:
+        FileNotFoundError: an image named by the triplets is not in ``images``.
+    """
+    triplets = read_triplets(triplets_csv)
+    names = sorted({n for t in triplets for n in (t.a, t.b, t.c)})
+    folder = Path(images)
+    paths = [str(folder / n) for n in names]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} triplet images not found in {folder}, e.g. {missing[0]}")
+    emb = embed_images(
+        paths,
+        cropped=cropped,
+        transform=transform,
+        embedder=embedder,
+        model_path=model_path,
+        workers=workers,
+        progress=progress,
+    )
+    return triplet_accuracy(triplets, dict(zip(names, emb, strict=True)))

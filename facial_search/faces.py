@@ -1,0 +1,191 @@
+"""Faces: MediaPipe FaceLandmarker (Tasks API), every face in an image or video frame.
+
+Model: MediaPipe FaceLandmarker bundle v1 (BlazeFace short-range detector, 478-point landmarks from a
+256x256 crop, 52 ARKit-style blendshapes); see https://ai.google.dev/edge/mediapipe/solutions/vision/face_landmarker
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import mediapipe as mp
+import numpy as np
+from mediapipe.tasks.python import BaseOptions, vision
+
+from .assets import find_asset
+
+#: Landmark count of the FaceLandmarker v1 model (468 FaceMesh points + 10 iris points).
+NUM_LANDMARKS = 478
+#: Blendshape count of the FaceLandmarker v1 model (``_neutral`` + 51 ARKit blendshapes).
+NUM_BLENDSHAPES = 52
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One face found in an image.
+
+    Attributes:
+        box: bounding box ``(x, y, w, h)`` in pixels of the image, from the landmarks' extent, clipped to it.
+        landmarks: ``(478, 3) float32``; x, y normalised to [0, 1] by image width and height, z in the same
+            scale as x, relative to the head centre (smaller is nearer the camera). ``None`` for a whole-image
+            face (see :func:`whole_image_face`).
+        blendshapes: ``(52,) float32`` scores in [0, 1], ordered as :data:`BLENDSHAPE_NAMES`; ``None`` when
+            no landmarks were found.
+        transformation_matrix: ``(4, 4) float32`` facial transformation matrix (canonical face model to the
+            detected face, centimetres), or ``None``.
+        image_size: ``(width, height)`` of the image the face was found in, pixels.
+    """
+
+    box: tuple[int, int, int, int]
+    landmarks: np.ndarray | None
+    blendshapes: np.ndarray | None
+    transformation_matrix: np.ndarray | None
+    image_size: tuple[int, int]
+
+    def landmarks_px(self) -> np.ndarray:
+        """Landmarks in pixels: ``(478, 3) float32``, x and y in pixels, z scaled by the image width."""
+        if self.landmarks is None:
+            raise ValueError("this face has no landmarks (whole-image face)")
+        w, h = self.image_size
+        return self.landmarks * np.array([w, h, w], dtype=np.float32)
+
+
+def whole_image_face(image: np.ndarray) -> Face:
+    """A :class:`Face` covering the whole image, without landmarks: used for ready-made face crops (FER+)
+    on which the detector finds nothing, so that such an image is still embedded, never skipped."""
+    h, w = image.shape[:2]
+    return Face(box=(0, 0, w, h), landmarks=None, blendshapes=None, transformation_matrix=None, image_size=(w, h))
+
+
+@dataclass
+class FaceFinderOptions:
+    """Options of :class:`FaceFinder` (MediaPipe ``FaceLandmarkerOptions`` with sane defaults).
+
+    Attributes:
+        model_path: path of ``face_landmarker.task``; ``None`` finds or downloads it (:mod:`facial_search.assets`).
+        max_faces: most faces returned per image (MediaPipe ``num_faces``).
+        min_detection_confidence: BlazeFace score threshold, [0, 1].
+        min_presence_confidence: face presence threshold of the landmark model, [0, 1].
+        min_tracking_confidence: VIDEO mode: below it the detector runs again instead of tracking, [0, 1].
+        running_mode: ``"image"`` (independent images) or ``"video"`` (frames with increasing timestamps).
+    """
+
+    model_path: str | os.PathLike | None = None
+    max_faces: int = 8
+    min_detection_confidence: float = 0.5
+    min_presence_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    running_mode: Literal["image", "video"] = "image"
+    extra: dict = field(default_factory=dict)
+
+
+class FaceFinder:
+    """Every face in an image: bounding box, 478 landmarks, 52 blendshapes, transformation matrix.
+
+    Not thread-safe: use one per thread or process. A context manager; :meth:`close` releases the graph.
+
+    >>> with FaceFinder.create_from_options(FaceFinderOptions()) as finder:
+    ...     faces = finder.detect(load_image("me.jpg"))
+    """
+
+    def __init__(self, landmarker: vision.FaceLandmarker, options: FaceFinderOptions):
+        self._landmarker = landmarker
+        self.options = options
+
+    @classmethod
+    def create_from_options(cls, options: FaceFinderOptions | None = None) -> FaceFinder:
+        """Build a finder; raises :class:`~facial_search.errors.AssetError` if the model cannot be found."""
+        options = options or FaceFinderOptions()
+        model = find_asset(path=options.model_path)
+        mode = vision.RunningMode.VIDEO if options.running_mode == "video" else vision.RunningMode.IMAGE
+        mp_options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(model)),
+            running_mode=mode,
+            num_faces=options.max_faces,
+            min_face_detection_confidence=options.min_detection_confidence,
+            min_face_presence_confidence=options.min_presence_confidence,
+            min_tracking_confidence=options.min_tracking_confidence,
+            output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True,
+            **options.extra,
+        )
+        return cls(vision.FaceLandmarker.create_from_options(mp_options), options)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in one image (IMAGE mode).
+
+        Args:
+            image: ``(H, W, 3) uint8`` RGB (see :func:`facial_search.imageio.load_image`).
+
+        Returns:
+            faces sorted left to right by box x; empty when there is none.
+        """
+        return self._faces(self._landmarker.detect(_mp_image(image)), image)
+
+    def detect_for_video(self, image: np.ndarray, timestamp_ms: int) -> list[Face]:
+        """Faces in one video frame (VIDEO mode: tracks between frames); ``timestamp_ms`` must increase."""
+        return self._faces(self._landmarker.detect_for_video(_mp_image(image), int(timestamp_ms)), image)
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> FaceFinder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # a FaceLandmarker left open prints a TypeError at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @staticmethod
+    def _faces(result: vision.FaceLandmarkerResult, image: np.ndarray) -> list[Face]:
+        h, w = image.shape[:2]
+        faces = []
+        for i, lms in enumerate(result.face_landmarks):
+            lm = np.array([(p.x, p.y, p.z) for p in lms], dtype=np.float32)
+            bs = None
+            if result.face_blendshapes and i < len(result.face_blendshapes):
+                bs = np.array([c.score for c in result.face_blendshapes[i]], dtype=np.float32)
+            mat = None
+            if result.facial_transformation_matrixes and i < len(result.facial_transformation_matrixes):
+                mat = np.asarray(result.facial_transformation_matrixes[i], dtype=np.float32)
+            faces.append(Face(box_from_landmarks(lm, w, h), lm, bs, mat, (w, h)))
+        faces.sort(key=lambda f: (f.box[0], f.box[1]))
+        return faces
+
+
+def box_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """Bounding box ``(x, y, w, h)`` in pixels of normalised landmarks ``(N, 3)``, clipped to the image."""
+    x0 = int(np.clip(np.floor(landmarks[:, 0].min() * width), 0, width - 1))
+    y0 = int(np.clip(np.floor(landmarks[:, 1].min() * height), 0, height - 1))
+    x1 = int(np.clip(np.ceil(landmarks[:, 0].max() * width), x0 + 1, width))
+    y1 = int(np.clip(np.ceil(landmarks[:, 1].max() * height), y0 + 1, height))
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _mp_image(image: np.ndarray) -> mp.Image:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+
+
+#: Names of the 52 blendshapes in model order (FaceLandmarker v1 blendshapes model card).
+BLENDSHAPE_NAMES: tuple[str, ...] = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft",
+    "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft",
+    "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft",
+    "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
+    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
+)  # fmt: skip

@@ -1,0 +1,298 @@
+"""A persistent meme index: one entry per face, exact Euclidean top-k search with NumPy.
+
+File format (``.fsindex``): a ZIP archive (NumPy ``.npz``) holding
+
+- ``embeddings``: ``(N, D) float32``, one unit-norm row per face;
+- ``ids``: ``(N,) int64``, stable entry ids (never reused);
+- ``meta``: UTF-8 JSON, ``{"format": "facial-search-index", "version": 1, "embedder": {...}, "next_id": int,
+  "entries": [{"id", "source", "face", "box", "title"}], "files": {source: {"size", "mtime_ns", "faces",
+  "skipped"}}}``.
+
+Saves are atomic: the archive is written to a temporary file in the same folder, flushed to disk, then
+renamed over the old one, so a crash (even SIGKILL) leaves either the previous or the new index, never a
+torn one. The interface follows FAISS: :meth:`MemeIndex.add`, :meth:`MemeIndex.search` returns
+``(distances, ids)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EmbedderMismatchError, IndexFormatError
+
+FORMAT_NAME = "facial-search-index"
+#: Version of the file format written by this release; older files are read, newer ones refused.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """Which embedder made an index's vectors."""
+
+    name: str
+    version: str
+    dim: int
+
+    @classmethod
+    def of(cls, embedder) -> EmbedderInfo:
+        return cls(embedder.name, str(embedder.version), int(embedder.dim))
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version} ({self.dim}-d)"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed face.
+
+    Attributes:
+        id: stable id, unique within the index, never reused after removal.
+        source: absolute path of the image file.
+        face: face number within the image (0-based, left to right).
+        box: bounding box ``(x, y, w, h)`` in pixels of the source image.
+        title: human-readable title (sidecar CSV or file name).
+    """
+
+    id: int
+    source: str
+    face: int
+    box: tuple[int, int, int, int]
+    title: str
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the index knows of one source file: its size and mtime when indexed, face count, skip reason."""
+
+    size: int
+    mtime_ns: int
+    faces: int
+    skipped: str | None = None
+
+
+class MemeIndex:
+    """Embeddings and metadata of indexed faces, searchable by exact Euclidean distance.
+
+    Args:
+        embedder: the :class:`EmbedderInfo` of the vectors it holds (recorded in the file).
+    """
+
+    def __init__(self, embedder: EmbedderInfo):
+        self.embedder = embedder
+        self._emb = np.zeros((0, embedder.dim), dtype=np.float32)
+        self._ids = np.zeros((0,), dtype=np.int64)
+        self._entries: dict[int, Entry] = {}
+        self.files: dict[str, FileRecord] = {}
+        self.next_id = 0
+
+    # -- size and access -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of faces (entries), as in FAISS."""
+        return len(self._ids)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """``(N, D) float32`` (read-only view), rows in the order of :attr:`ids`."""
+        v = self._emb.view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def ids(self) -> np.ndarray:
+        """``(N,) int64`` entry ids, in row order."""
+        v = self._ids.view()
+        v.flags.writeable = False
+        return v
+
+    def entry(self, id: int) -> Entry:
+        """The entry with this id; ``KeyError`` if there is none."""
+        return self._entries[int(id)]
+
+    def entries(self) -> list[Entry]:
+        """All entries in row order."""
+        return [self._entries[int(i)] for i in self._ids]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``{source: reason}`` for files recorded as skipped (no face, unreadable, ...)."""
+        return {s: r.skipped for s, r in self.files.items() if r.skipped}
+
+    # -- mutation ----------------------------------------------------------------------------------------
+    def add(self, embeddings: np.ndarray, entries: list[dict]) -> np.ndarray:
+        """Add faces; returns their new ids ``(n,) int64``.
+
+        Args:
+            embeddings: ``(n, D) float32``, D = the embedder's dimension.
+            entries: n dicts with ``source``, ``face``, ``box``, ``title``.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedder.dim)
+        if len(entries) != len(embeddings):
+            raise ValueError(f"{len(embeddings)} embeddings but {len(entries)} entries")
+        new_ids = np.arange(self.next_id, self.next_id + len(entries), dtype=np.int64)
+        self.next_id += len(entries)
+        for i, e in zip(new_ids, entries, strict=True):
+            self._entries[int(i)] = Entry(
+                int(i), str(e["source"]), int(e["face"]), tuple(map(int, e["box"])), str(e["title"])
+            )
+        self._emb = np.concatenate([self._emb, embeddings])
+        self._ids = np.concatenate([self._ids, new_ids])
+        return new_ids
+
+    def remove_ids(self, ids) -> int:
+        """Remove entries by id; returns how many were removed (unknown ids are ignored)."""
+        ids = np.asarray(list(ids), dtype=np.int64)
+        keep = ~np.isin(self._ids, ids)
+        removed = int((~keep).sum())
+        for i in self._ids[~keep]:
+            del self._entries[int(i)]
+        self._emb, self._ids = self._emb[keep], self._ids[keep]
+        return removed
+
+    def remove_source(self, source: str) -> int:
+        """Remove every face of one source file and forget the file; returns the faces removed."""
+        self.files.pop(source, None)
+        return self.remove_ids([e.id for e in self._entries.values() if e.source == source])
+
+    def record_file(self, source: str, record: FileRecord) -> None:
+        """Remember that ``source`` was processed (so an unchanged file is not processed again)."""
+        self.files[source] = record
+
+    # -- search -----------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-nearest neighbours by Euclidean distance.
+
+        Args:
+            queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
+            k: neighbours per query.
+
+        Returns:
+            ``(distances, ids)``, both ``(Q, k)``: distances float32 Euclidean (range [0, 2] for unit-norm
+            embeddings), ascending per row; ids int64, ``-1`` (and distance ``inf``) where the index holds
+            fewer than k faces.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.shape[1] != self.embedder.dim:
+            raise ValueError(f"queries have dimension {q.shape[1]}, index has {self.embedder.dim}")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        nq, n = len(q), len(self._ids)
+        dist = np.full((nq, k), np.inf, dtype=np.float32)
+        out = np.full((nq, k), -1, dtype=np.int64)
+        if n == 0 or nq == 0:
+            return dist, out
+        d2 = (q * q).sum(1)[:, None] + (self._emb * self._emb).sum(1)[None, :] - 2.0 * (q @ self._emb.T)
+        d2 = np.maximum(d2, 0.0)
+        kk = min(k, n)
+        part = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
+        order = np.take_along_axis(d2, part, 1).argsort(axis=1, kind="stable")
+        top = np.take_along_axis(part, order, 1)
+        dist[:, :kk] = np.sqrt(np.take_along_axis(d2, top, 1))
+        out[:, :kk] = self._ids[top]
+        return dist, out
+
+    # -- persistence ------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically to ``path`` (temporary file in the same folder, fsync, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "embedder": asdict(self.embedder),
+            "next_id": self.next_id,
+            "entries": [asdict(self._entries[int(i)]) for i in self._ids],
+            "files": {s: asdict(r) for s, r in self.files.items()},
+        }
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                    z.writestr("meta.json", json.dumps(meta))
+                    z.writestr("embeddings.npy", _npy_bytes(self._emb))
+                    z.writestr("ids.npy", _npy_bytes(self._ids))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _fsync_dir(path.parent)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect: EmbedderInfo | None = None) -> MemeIndex:
+        """Read an index file.
+
+        Args:
+            expect: when given, the embedder the caller will query with.
+
+        Raises:
+            FileNotFoundError: no such file.
+            IndexFormatError: not an index, corrupt, or written by a newer format version.
+            EmbedderMismatchError: built by another embedder than ``expect``.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such index file")
+        try:
+            with zipfile.ZipFile(path) as z:
+                meta = json.loads(z.read("meta.json"))
+                emb = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
+                ids = np.load(io.BytesIO(z.read("ids.npy")), allow_pickle=False)
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+            raise IndexFormatError(f"{path}: not a facial-search index or corrupt ({e})") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise IndexFormatError(f"{path}: not a facial-search index")
+        if int(meta.get("version", 0)) > FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{path}: index format version {meta['version']} is newer than this release reads "
+                f"({FORMAT_VERSION}); upgrade facial-search"
+            )
+        info = EmbedderInfo(**meta["embedder"])
+        if expect is not None and info != expect:
+            raise EmbedderMismatchError(
+                f"{path}: index was built with embedder {info}, but the current embedder is {expect}; "
+                f"re-index with `facial-search index ... --out {path}`"
+            )
+        index = cls(info)
+        entries = [Entry(e["id"], e["source"], e["face"], tuple(e["box"]), e["title"]) for e in meta["entries"]]
+        if emb.shape != (len(entries), info.dim) or ids.shape != (len(entries),):
+            raise IndexFormatError(f"{path}: corrupt index (embeddings {emb.shape}, {len(entries)} entries)")
+        index._emb = emb.astype(np.float32, copy=False)
+        index._ids = ids.astype(np.int64, copy=False)
+        index._entries = {e.id: e for e in entries}
+        index.files = {s: FileRecord(**r) for s, r in meta["files"].items()}
+        index.next_id = int(meta["next_id"])
+        return index
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
