@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--titles", metavar="CSV", help="sidecar CSV with columns file,title (e.g. imgflip.csv)")
     s.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--checkpoint-seconds", type=float, default=15.0, metavar="S",
+                   help="save the index atomically at least this often while indexing (default 15)")  # fmt: skip
     common(s)
     s.set_defaults(func=cmd_index)
 
@@ -139,7 +141,7 @@ def cmd_index(args) -> int:
 
     index, report = build_index(
         args.inputs, args.out, titles=args.titles, embedder=args.embedder, model_path=args.model,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_seconds,
     )  # fmt: skip
     _print_index_summary(index, report, args.out)
     return 0

@@ -40,10 +40,18 @@ def meme_list() -> list[tuple[str, str]]:
     return [(r["sha256"], r["url"]) for r in csv.DictReader(text.splitlines())]
 
 
-def download_memes(dest: Path, *, base_url: str | None = None, workers: int = 8, progress: bool = True) -> tuple[int, list[str]]:
-    """Download the tutorial's memes into ``dest`` (files already there with the right sha256 are kept).
+def download_memes(
+    dest: Path,
+    items: list[tuple[str, str]] | None = None,
+    *,
+    base_url: str | None = None,
+    workers: int = 8,
+    progress: bool = True,
+) -> tuple[int, list[str]]:
+    """Download memes into ``dest`` (files already there with the right sha256 are kept).
 
     Args:
+        items: ``[(sha256, url)]``, default :func:`meme_list` (the tutorial's 359 memes).
         base_url: fetch ``base_url + file name`` instead of each official URL (a mirror, or a test server).
 
     Returns:
@@ -52,7 +60,7 @@ def download_memes(dest: Path, *, base_url: str | None = None, workers: int = 8,
     from tqdm import tqdm
 
     dest.mkdir(parents=True, exist_ok=True)
-    items = meme_list()
+    items = meme_list() if items is None else items
 
     def fetch(item: tuple[str, str]) -> str | None:
         sha, url = item
@@ -76,7 +84,14 @@ def download_memes(dest: Path, *, base_url: str | None = None, workers: int = 8,
     with ThreadPoolExecutor(workers) as pool:
         errors = [
             e
-            for e in tqdm(pool.map(fetch, items), total=len(items), desc="downloading memes", unit="img", file=sys.stderr, disable=not progress)
+            for e in tqdm(
+                pool.map(fetch, items),
+                total=len(items),
+                desc="downloading memes",
+                unit="img",
+                file=sys.stderr,
+                disable=not progress,
+            )
             if e
         ]
     return len(items) - len(errors), errors
@@ -111,7 +126,9 @@ def run_demo(args) -> int:
     index_path = out / "memes.fsindex"
     print(f"indexing {memes} -> {index_path}", file=sys.stderr)
     index, report = build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
-    print(f"index: {len(index.files)} images, {len(index)} faces ({len(index.skipped)} images without a face or unreadable)")
+    print(
+        f"index: {len(index.files)} images, {len(index)} faces ({len(index.skipped)} images without a face or unreadable)"
+    )
 
     results, skipped = [], {}
     with FacialSearch.open(index_path, embedder=args.embedder, model_path=args.model) as fs:
@@ -122,7 +139,9 @@ def run_demo(args) -> int:
                 skipped[str(photo)] = str(e).split(": ", 1)[-1]
                 continue
             results.append(r)
-            summary = "; ".join(f"face {i + 1}: " + ", ".join(m.title for m in fm.matches) for i, fm in enumerate(r.faces))
+            summary = "; ".join(
+                f"face {i + 1}: " + ", ".join(m.title for m in fm.matches) for i, fm in enumerate(r.faces)
+            )
             print(f"{photo.name}: {summary}")
     for photo, why in skipped.items():
         print(f"{Path(photo).name}: {why}")

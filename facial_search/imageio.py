@@ -70,7 +70,10 @@ def load_image(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXEL
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        msg = "not an image (unrecognised format)" if isinstance(e, UnidentifiedImageError) else f"refused: {e}"
+        if isinstance(e, UnidentifiedImageError):
+            msg = "not an image (unrecognised format)"
+        else:
+            msg = f"image too large, refused as a possible decompression bomb ({e})"
         raise ImageError(f"{name}: {msg}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         text = str(e) or type(e).__name__

@@ -1,0 +1,152 @@
+"""The command line, run as a user runs it (subprocesses), on real memes and photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FACES, MEMES
+from PIL import Image
+
+from facial_search.index import MemeIndex
+
+CLI = [sys.executable, "-m", "facial_search.cli"]
+
+
+def run(*args, check=False, timeout=600):
+    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}: {r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    files = {
+        "empty": d / "empty.jpg",
+        "text": d / "text.jpg",
+        "truncated": d / "truncated.jpg",
+        "huge": d / "huge.png",
+        "grey": d / "grey.png",
+        "rgba": d / "rgba.png",
+        "gif": d / "anim.gif",
+        "noface": d / "free-mountain-vector-01.jpg",
+    }
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("hello, I am text\n")
+    data = (FACES / "single_face.jpg").read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    Image.new("1", (20000, 20000)).save(files["huge"])
+    Image.open(FACES / "single_face.jpg").convert("L").save(files["grey"])
+    shutil.copy(FACES / "Image_with_alpha.png", files["rgba"])
+    shutil.copy(FACES / "no_time_for_that_tiny.gif", files["gif"])
+    shutil.copy(FACES / "free-mountain-vector-01.jpg", files["noface"])
+    return files
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "huge", "gif", "noface"])
+def test_search_bad_input_is_one_clear_line(kind, bad_files, meme_index):
+    path = bad_files[kind]
+    r = run("search", path, "--index", meme_index)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("facial-search: error: ") and str(path) in lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgba"])
+def test_search_grey_and_rgba_photos_work(kind, bad_files, meme_index):
+    r = run("search", bad_files[kind], "--index", meme_index, "--json", check=True)
+    doc = json.loads(r.stdout)
+    assert len(doc["faces"]) == 1 and len(doc["faces"][0]["matches"]) == 3
+
+
+def test_search_json_multi_face(meme_index):
+    r = run("search", FACES / "multi_face.jpg", "--index", meme_index, "--json", "-k", "3", check=True)
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"image", "faces"} and doc["image"].endswith("multi_face.jpg")
+    assert len(doc["faces"]) >= 2
+    for face in doc["faces"]:
+        assert set(face) == {"box", "matches"} and len(face["box"]) == 4
+        ms = face["matches"]
+        assert [m["rank"] for m in ms] == [1, 2, 3]
+        assert all(set(m) == {"rank", "id", "source", "face", "title", "distance"} for m in ms)
+        d = [m["distance"] for m in ms]
+        assert d == sorted(d) and all(0 <= x <= 2 for x in d)
+        assert all(Path(m["source"]).is_file() for m in ms)
+    assert r.stderr == ""  # MediaPipe's native log lines stay out of the terminal
+
+
+def test_search_writes_picture_and_page(meme_index, tmp_path):
+    png, page = tmp_path / "r.png", tmp_path / "r.html"
+    run("search", FACES / "multi_face.jpg", "--index", meme_index, "--out", png, check=True)
+    run("search", FACES / "multi_face.jpg", "--index", meme_index, "--out", page, check=True)
+    with Image.open(png) as im:
+        assert im.width > 400 and im.height > 400
+    assert page.read_text().count("class=match") >= 6
+
+
+def test_info_json(meme_index):
+    doc = json.loads(run("info", meme_index, "--json", check=True).stdout)
+    index = MemeIndex.load(meme_index)
+    assert doc == {"embedder": index.embedder.name, "dim": index.embedder.dim, "images": len(index.files),
+                   "faces": len(index), "skipped": len(index.skipped)}  # fmt: skip
+    assert doc["faces"] > 0 and doc["skipped"] > 0
+
+
+def test_index_reports_and_skips_bad_files_then_adds_only_new(bad_files, sample_memes, tmp_path):
+    folder = tmp_path / "memes"
+    (folder / "sub").mkdir(parents=True)
+    for p in sample_memes[:4]:
+        shutil.copy(p, folder / "sub" / p.name)
+    for p in bad_files.values():
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "x.fsindex"
+    r = run("index", folder, "--out", out, "--no-progress", "--titles", MEMES.parent / "imgflip.csv", check=True)
+    index = MemeIndex.load(out)
+    assert len(index.files) == 12
+    skipped = index.skipped
+    for kind in ("empty", "text", "truncated", "huge"):
+        assert skipped[str((folder / bad_files[kind].name).resolve())].startswith("unreadable")
+    assert skipped[str((folder / "free-mountain-vector-01.jpg").resolve())] == "no face"
+    assert "skipped this run" in r.stdout and "no face" in r.stdout
+    titles = {e.title for e in index.entries()}
+    assert "Success Kid" in titles or len(titles) >= 3  # imgflip titles from the sidecar CSV
+    faces_before = len(index)
+    assert faces_before >= 5  # 4 memes + grey + rgba photos
+
+    shutil.copy(sample_memes[4], folder / sample_memes[4].name)  # grow the folder
+    r = run("index", folder, "--out", out, "--no-progress", check=True)
+    assert "1 processed, 12 unchanged" in r.stdout
+    assert len(MemeIndex.load(out).files) == 13
+
+
+def test_index_survives_sigkill(sample_memes, tmp_path):
+    out = tmp_path / "k.fsindex"
+    run("index", *sample_memes[:3], "--out", out, "--no-progress", check=True)
+    before = MemeIndex.load(out)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for p in sorted(MEMES.glob("*.jpg"))[:400]:
+        os.symlink(p, folder / p.name)
+    for delay in (2.5, 4.0):
+        proc = subprocess.Popen(
+            [*CLI, "index", str(folder), "--out", str(out), "--no-progress", "--checkpoint-seconds", "0.2", "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        after = MemeIndex.load(out)  # loadable: never torn
+        for e in before.entries():  # the previous content is intact
+            assert after.entry(e.id) == e
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

@@ -1,0 +1,94 @@
+"""The index: exact search, stable ids, atomic versioned files, embedder checks."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from facial_search.errors import EmbedderMismatchError, IndexFormatError
+from facial_search.index import EmbedderInfo, FileRecord, MemeIndex
+
+INFO = EmbedderInfo("test", "1", 8)
+
+
+def _unit(n, d=8, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _entries(n, source="m.jpg"):
+    return [{"source": source, "face": i, "box": (i, 0, 10, 10), "title": f"t{i}"} for i in range(n)]
+
+
+def test_search_matches_brute_force():
+    idx = MemeIndex(INFO)
+    x = _unit(200)
+    ids = idx.add(x, _entries(200))
+    q = _unit(5, seed=1)
+    dist, got = idx.search(q, k=4)
+    brute = np.linalg.norm(q[:, None] - x[None], axis=2)
+    order = np.argsort(brute, axis=1)[:, :4]
+    assert np.array_equal(got, ids[order])
+    assert np.allclose(dist, np.take_along_axis(brute, order, 1), atol=1e-5)
+    assert (np.diff(dist, axis=1) >= 0).all() and dist.max() <= 2.0 + 1e-6
+
+
+def test_fewer_entries_than_k_pads_with_minus_one():
+    idx = MemeIndex(INFO)
+    idx.add(_unit(2), _entries(2))
+    dist, ids = idx.search(_unit(1, seed=3), k=3)
+    assert ids[0, 2] == -1 and np.isinf(dist[0, 2]) and (ids[0, :2] >= 0).all()
+    assert MemeIndex(INFO).search(_unit(1), k=2)[1].tolist() == [[-1, -1]]
+
+
+def test_remove_keeps_ids_stable_and_never_reuses():
+    idx = MemeIndex(INFO)
+    a = idx.add(_unit(3), _entries(3, "a.jpg"))
+    b = idx.add(_unit(2, seed=2), _entries(2, "b.jpg"))
+    idx.record_file("a.jpg", FileRecord(1, 1, 3))
+    assert idx.remove_source("a.jpg") == 3 and "a.jpg" not in idx.files
+    assert idx.ids.tolist() == b.tolist()
+    c = idx.add(_unit(1, seed=4), _entries(1, "c.jpg"))
+    assert c[0] not in a and c[0] not in b
+    assert idx.entry(int(b[1])).source == "b.jpg"
+
+
+def test_save_load_roundtrip(tmp_path):
+    idx = MemeIndex(INFO)
+    idx.add(_unit(10), _entries(10))
+    idx.record_file("m.jpg", FileRecord(123, 456, 10))
+    idx.record_file("empty.jpg", FileRecord(1, 2, 0, "no face"))
+    p = tmp_path / "x.fsindex"
+    idx.save(p)
+    back = MemeIndex.load(p, expect=INFO)
+    assert np.array_equal(back.embeddings, idx.embeddings) and back.entries() == idx.entries()
+    assert back.skipped == {"empty.jpg": "no face"} and back.next_id == 10
+    assert [f.name for f in tmp_path.iterdir()] == ["x.fsindex"]  # no temporary file left
+
+
+def test_embedder_mismatch_says_reindex(tmp_path):
+    p = tmp_path / "x.fsindex"
+    MemeIndex(INFO).save(p)
+    with pytest.raises(EmbedderMismatchError, match="re-index"):
+        MemeIndex.load(p, expect=EmbedderInfo("other", "2", 64))
+
+
+def test_newer_format_and_garbage_refused(tmp_path):
+    p = tmp_path / "x.fsindex"
+    MemeIndex(INFO).save(p)
+    with zipfile.ZipFile(p) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(files["meta.json"])
+    meta["version"] = 99
+    files["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(p, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    with pytest.raises(IndexFormatError, match="newer"):
+        MemeIndex.load(p)
+    p.write_text("not an index")
+    with pytest.raises(IndexFormatError):
+        MemeIndex.load(p)

@@ -1,0 +1,106 @@
+"""The Python API on the real model: faces, embeddings, the three-line happy path, eval."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import FACES, FERPLUS
+
+from facial_search.embedders import get_embedder
+from facial_search.errors import EmbedderMismatchError, NoFaceError
+from facial_search.evaluate import Triplet, evaluate, transform_image, triplet_accuracy
+from facial_search.faces import NUM_BLENDSHAPES, NUM_LANDMARKS
+from facial_search.imageio import load_image
+from facial_search.index import EmbedderInfo, MemeIndex
+from facial_search.pipeline import FacialSearch, Pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    with Pipeline() as p:
+        yield p
+
+
+def test_faces_have_box_landmarks_blendshapes(pipeline):
+    rgb = load_image(FACES / "multi_face.jpg")
+    faces = pipeline.faces(rgb)
+    assert len(faces) >= 2
+    assert [f.box[0] for f in faces] == sorted(f.box[0] for f in faces)  # left to right
+    for f in faces:
+        assert f.landmarks.shape == (NUM_LANDMARKS, 3) and f.landmarks.dtype == np.float32
+        assert f.blendshapes.shape == (NUM_BLENDSHAPES,) and f.transformation_matrix.shape == (4, 4)
+        x, y, w, h = f.box
+        px = f.landmarks_px()
+        assert x <= px[:, 0].min() + 1 and px[:, 0].max() <= x + w + 1 and y <= px[:, 1].min() + 1
+
+
+def test_embeddings_are_unit_norm(pipeline):
+    rgb = load_image(FACES / "multi_face.jpg")
+    emb = pipeline.embed(rgb, pipeline.faces(rgb))
+    assert emb.dtype == np.float32 and emb.shape[1] == pipeline.embedder.dim
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_cropped_mode_never_returns_no_face(pipeline):
+    for name in sorted((FERPLUS / "FER2013Valid").glob("*.png"))[:40]:
+        faces = pipeline.faces(load_image(name), cropped=True)
+        assert len(faces) == 1
+        if faces[0].landmarks is not None:  # landmarks mapped back into the unpadded crop
+            assert 0.0 < np.median(faces[0].landmarks[:, 0]) < 1.0
+
+
+def test_happy_path(meme_index):
+    with FacialSearch.open(meme_index) as fs:
+        result = fs.search(FACES / "0-f15-hao-ph.jpg", k=3)
+        assert len(result) == 1
+        face = next(iter(result))
+        assert len(face.matches) == 3 and face.matches[0].distance <= face.matches[2].distance
+        with pytest.raises(NoFaceError):
+            fs.search(FACES / "free-mountain-vector-01.jpg")
+
+
+def test_smile_is_nearer_smile_than_surprise():
+    """A real property of any expression embedding: the two smiling photos are closer than smile vs. surprise."""
+    with Pipeline() as p:
+        e = {}
+        for n in ("0-f15-hao-ph.jpg", "astronaut.png", "0-f1-su-ph.jpg"):
+            rgb = load_image(FACES / n)
+            e[n] = p.embed(rgb, p.faces(rgb))[0]
+    smile = np.linalg.norm(e["0-f15-hao-ph.jpg"] - e["astronaut.png"])
+    assert smile < np.linalg.norm(e["0-f15-hao-ph.jpg"] - e["0-f1-su-ph.jpg"])
+
+
+def test_other_embedders_index_is_refused(meme_index, tmp_path):
+    other = tmp_path / "other.fsindex"
+    MemeIndex(EmbedderInfo("someone-else", "9", 16)).save(other)
+    with pytest.raises(EmbedderMismatchError, match="re-index"):
+        FacialSearch.open(other, embedder=get_embedder().name)
+
+
+def test_triplet_accuracy_counts_per_type():
+    e = {"a": np.array([0.0, 0]), "b": np.array([0.1, 0]), "c": np.array([1.0, 0])}
+    ts = [Triplet("a", "b", "c", "ab", "ONE_CLASS"), Triplet("a", "b", "c", "bc", "TWO_CLASS")]
+    r = triplet_accuracy(ts, e)
+    assert r.per_type == {"ONE_CLASS": (1.0, 1), "TWO_CLASS": (0.0, 1)} and r.overall == 0.5
+    assert r.lines()[-1] == "triplet_accuracy: 0.5000"
+
+
+def test_transforms_keep_shape():
+    rgb = load_image(FACES / "single_face.jpg")
+    for t in ("mirror", "downscale2", "brighter", "darker"):
+        out = transform_image(rgb, t)
+        assert out.shape == rgb.shape and out.dtype == np.uint8 and not np.array_equal(out, rgb)
+
+
+def test_eval_on_real_triplets_beats_chance(tmp_path):
+    rows = list(csv.DictReader(open(FERPLUS / "triplets_valid.csv")))[:150]
+    sub = tmp_path / "t.csv"
+    with open(sub, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(rows)
+    report = evaluate(sub, FERPLUS / "FER2013Valid", cropped=True, workers=2, progress=False)
+    assert report.n == 150  # every triplet counts, misses included
+    assert report.overall > 0.45  # chance is 0.333
