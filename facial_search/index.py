@@ -265,7 +265,7 @@ class MemeIndex:
         if expect is not None and info != expect:
             raise EmbedderMismatchError(
                 f"{path}: index was built with embedder {info}, but the current embedder is {expect}; "
-                f"re-index with `facial-search index ... --out {path}`"
+                f"re-index with the current embedder: `facial-search index DIR --out NEW.fsindex` (or delete {path} first)"
             )
         index = cls(info)
         entries = [Entry(e["id"], e["source"], e["face"], tuple(e["box"]), e["title"]) for e in meta["entries"]]

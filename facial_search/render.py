@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .imageio import load_image
 from .pipeline import SearchResult
@@ -60,20 +60,19 @@ def _meme(source: str, box: tuple[int, int, int, int]) -> Image.Image:
     return im
 
 
-def result_sheet(result: SearchResult) -> Image.Image:
-    """One row per query face: the face crop, then its matches (meme with the face boxed, title, distance)."""
+def result_sheet(result: SearchResult, *, redact: bool = False) -> Image.Image:
+    """One row per query face: the face crop, then its matches (meme with the face boxed, title, distance).
+
+    ``redact=True`` blurs the meme images (for pictures published where third-party images may not go)."""
     rgb = result.rgb if result.rgb is not None else load_image(result.image)
     rows = []
     for i, fm in enumerate(result.faces):
         tiles = [(_fit(crop_box(rgb, fm.box), THUMB), f"face {i + 1}", "query")]
         for m in fm.matches:
-            tiles.append(
-                (
-                    _fit(_meme(m.source, m.box), THUMB, max_width=THUMB * 2),
-                    f"#{m.rank} {m.title}",
-                    f"distance {m.distance:.3f}",
-                )
-            )
+            tile = _fit(_meme(m.source, m.box), THUMB, max_width=THUMB * 2)
+            if redact:
+                tile = tile.filter(ImageFilter.GaussianBlur(radius=9))
+            tiles.append((tile, f"#{m.rank} {m.title}", f"distance {m.distance:.3f}"))
         width = sum(t[0].width for t in tiles) + _PAD * (len(tiles) + 1)
         row = Image.new("RGB", (width, THUMB + 58), _BG)
         d = ImageDraw.Draw(row)
@@ -106,10 +105,12 @@ def _ellipsis(text: str, width: int, size: int) -> str:
     return text + "…"
 
 
-def save_picture(results: SearchResult | Sequence[SearchResult], path: str | os.PathLike) -> None:
+def save_picture(
+    results: SearchResult | Sequence[SearchResult], path: str | os.PathLike, *, redact: bool = False
+) -> None:
     """Write the result sheet(s) as PNG or JPEG (stacked vertically for several query images)."""
     results = [results] if isinstance(results, SearchResult) else list(results)
-    sheets = [result_sheet(r) for r in results]
+    sheets = [result_sheet(r, redact=redact) for r in results]
     out = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), _BG)
     y = 0
     for s in sheets:
