@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, metavar="N", help="pipelines in the pool (default: one per core)")
+    s.add_argument(
+        "--certfile", metavar="PEM", help="TLS certificate: serve HTTPS (phones allow the camera only on HTTPS)"
+    )
+    s.add_argument("--keyfile", metavar="PEM", help="TLS private key for --certfile")
     common(s)
     s.set_defaults(func=cmd_serve)
 

@@ -1,0 +1,389 @@
+// facial-search web page: camera frames or a photo -> POST /api/search -> the memes, large.
+// Plain JS, no build step. One request in flight at most; a few frames a second.
+"use strict";
+
+(() => {
+  const FRAME_SIDE = 320; // longest side of the frames sent, pixels
+  const FRAME_INTERVAL_MS = 200; // at most 5 frames a second
+  const MAX_UPLOAD = 10 * 1024 * 1024; // the server's limit
+  const UPLOAD_SIDE = 2048; // photos over the limit are downscaled to this before sending
+  const K = 3;
+  const COLORS = ["#ffcc33", "#5ad1ff", "#ff6fa8", "#8be28b", "#c59bff", "#ff9f43", "#f5f5f5", "#00d1b2"];
+
+  const $ = (id) => document.getElementById(id);
+  const video = $("video");
+  const photo = $("photo");
+  const overlay = $("overlay");
+  const frame = $("frame");
+  const statusEl = $("status");
+  const results = $("results");
+  const cameraBtn = $("camera-btn");
+  const fileInput = $("file");
+  const grab = document.createElement("canvas");
+
+  let mode = "idle"; // "camera" | "photo" | "idle"
+  let stream = null;
+  let loopToken = 0;
+  let noFaceStreak = 0;
+  let photoURL = null;
+  let cameraRequest = 0; // a photo picked while the camera is starting wins: the late stream is dropped
+
+  // the frame takes the picture's shape (portrait on a phone held upright), within the CSS max-height
+  function fitFrame(w, h) {
+    if (w > 0 && h > 0) frame.style.aspectRatio = w + " / " + h;
+  }
+
+  function setStatus(text, kind = "") {
+    statusEl.textContent = text;
+    statusEl.className = "status" + (kind ? " " + kind : "");
+    statusEl.dataset.kind = kind || "info";
+  }
+
+  // ---- camera -------------------------------------------------------------------------------------------
+  function cameraErrorMessage(err) {
+    const name = err && err.name;
+    if (name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError") {
+      return "Camera refused. Allow the camera for this site in your browser settings, or pick a photo instead.";
+    }
+    if (name === "NotFoundError" || name === "OverconstrainedError" || name === "DevicesNotFoundError") {
+      return "No camera found on this device. Pick a photo instead.";
+    }
+    if (name === "NotReadableError" || name === "TrackStartError") {
+      return "The camera is in use by another app. Close it and try again, or pick a photo instead.";
+    }
+    return "The camera could not start (" + (name || err) + "). Pick a photo instead.";
+  }
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      setStatus(
+        window.isSecureContext
+          ? "This browser gives no camera access. Pick a photo instead."
+          : "The camera needs a secure page (https:// or localhost). Pick a photo instead.",
+        "warn",
+      );
+      return;
+    }
+    setStatus("Starting the camera…");
+    const request = ++cameraRequest;
+    let s;
+    try {
+      s = await navigator.mediaDevices.getUserMedia({
+        video: { facingMode: "user", width: { ideal: 640 }, height: { ideal: 480 } },
+        audio: false,
+      });
+    } catch (err) {
+      if (request !== cameraRequest) return; // a photo was picked meanwhile: say nothing of the camera
+      setStatus(cameraErrorMessage(err), "warn");
+      document.body.dataset.camera = "refused";
+      cameraBtn.textContent = "Try the camera again";
+      return;
+    }
+    if (request !== cameraRequest) {
+      s.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = s;
+    clearPhoto();
+    clearOverlay();
+    mode = "camera";
+    document.body.dataset.camera = "on";
+    frame.classList.add("mirrored");
+    video.hidden = false;
+    video.srcObject = stream;
+    try {
+      await video.play();
+    } catch (_) {
+      /* autoplay is allowed for a muted inline video; play() again on the next tap otherwise */
+    }
+    if (request !== cameraRequest) return;
+    cameraBtn.textContent = "Stop camera";
+    setStatus("Looking for a face…");
+    noFaceStreak = 0;
+    runLoop(++loopToken);
+  }
+
+  video.addEventListener("loadedmetadata", () => fitFrame(video.videoWidth, video.videoHeight));
+  video.addEventListener("resize", () => fitFrame(video.videoWidth, video.videoHeight));
+
+  function stopCamera() {
+    loopToken++;
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    video.srcObject = null;
+    frame.classList.remove("mirrored");
+    document.body.dataset.camera = "off";
+    cameraBtn.textContent = "Start camera";
+    if (mode === "camera") mode = "idle";
+  }
+
+  function sleep(ms) {
+    return new Promise((r) => setTimeout(r, ms));
+  }
+
+  async function runLoop(token) {
+    while (token === loopToken && mode === "camera") {
+      const t0 = performance.now();
+      if (document.hidden || video.readyState < 2 || !video.videoWidth) {
+        await sleep(100);
+        continue;
+      }
+      const scale = Math.min(1, FRAME_SIDE / Math.max(video.videoWidth, video.videoHeight));
+      grab.width = Math.round(video.videoWidth * scale);
+      grab.height = Math.round(video.videoHeight * scale);
+      grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+      const blob = await new Promise((r) => grab.toBlob(r, "image/jpeg", 0.8));
+      if (blob && token === loopToken) {
+        const doc = await search(blob, "camera.jpg");
+        if (doc && token === loopToken && mode === "camera") show(doc, grab.width, grab.height);
+      }
+      await sleep(Math.max(0, FRAME_INTERVAL_MS - (performance.now() - t0)));
+    }
+  }
+
+  // ---- photo --------------------------------------------------------------------------------------------
+  function clearPhoto() {
+    if (photoURL) URL.revokeObjectURL(photoURL);
+    photoURL = null;
+    photo.hidden = true;
+    photo.removeAttribute("src");
+  }
+
+  async function usePhoto(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith("image/")) {
+      setStatus("That file is not an image (" + file.type + "). Pick a photo.", "warn");
+      return;
+    }
+    cameraRequest++;
+    stopCamera();
+    mode = "photo";
+    clearPhoto();
+    photoURL = URL.createObjectURL(file);
+    video.hidden = true;
+    photo.hidden = false;
+    photo.src = photoURL;
+    results.replaceChildren();
+    clearOverlay();
+    setStatus("Searching…");
+    try {
+      await photo.decode();
+    } catch (_) {
+      /* the browser cannot show it: the server still decides (e.g. TIFF) */
+    }
+    fitFrame(photo.naturalWidth, photo.naturalHeight);
+    let body = file;
+    let w = photo.naturalWidth;
+    let h = photo.naturalHeight;
+    if (file.size > MAX_UPLOAD && w && h) {
+      const s = Math.min(1, UPLOAD_SIDE / Math.max(w, h));
+      grab.width = Math.round(w * s);
+      grab.height = Math.round(h * s);
+      grab.getContext("2d").drawImage(photo, 0, 0, grab.width, grab.height);
+      body = await new Promise((r) => grab.toBlob(r, "image/jpeg", 0.9));
+      w = grab.width;
+      h = grab.height;
+    }
+    const doc = await search(body, file.name || "photo.jpg");
+    if (doc && mode === "photo") show(doc, w || 1, h || 1);
+  }
+
+  // ---- API ----------------------------------------------------------------------------------------------
+  async function search(blob, name) {
+    const form = new FormData();
+    form.append("image", blob, name);
+    let resp;
+    try {
+      resp = await fetch("/api/search?k=" + K, { method: "POST", body: form });
+    } catch (_) {
+      setStatus("Cannot reach the server. Is facial-search serve still running?", "warn");
+      await sleep(1000);
+      return null;
+    }
+    if (!resp.ok) {
+      let detail = resp.statusText;
+      try {
+        detail = (await resp.json()).detail || detail;
+      } catch (_) {
+        /* not JSON */
+      }
+      if (resp.status === 413) detail = "That photo is too large (over 10 MB).";
+      setStatus("The server refused it: " + detail, "warn");
+      return null;
+    }
+    return resp.json();
+  }
+
+  // ---- drawing ------------------------------------------------------------------------------------------
+  function clearOverlay() {
+    overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+  }
+
+  function drawBoxes(faces, w, h) {
+    overlay.width = w;
+    overlay.height = h;
+    const ctx = overlay.getContext("2d");
+    const mirrored = frame.classList.contains("mirrored");
+    const lw = Math.max(2, Math.round(Math.max(w, h) / 160));
+    ctx.lineWidth = lw;
+    ctx.font = "bold " + Math.max(12, Math.round(Math.max(w, h) / 22)) + "px system-ui, sans-serif";
+    faces.forEach((f, i) => {
+      const [x, y, bw, bh] = f.box;
+      const color = COLORS[i % COLORS.length];
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x, y, bw, bh);
+      if (faces.length > 1) {
+        // text drawn flipped on a mirrored canvas reads the right way round on screen
+        ctx.save();
+        ctx.fillStyle = color;
+        ctx.textBaseline = "top";
+        if (mirrored) {
+          ctx.scale(-1, 1);
+          ctx.fillText(String(i + 1), -(x + bw) + lw * 2, y + lw * 2);
+        } else {
+          ctx.fillText(String(i + 1), x + lw * 2, y + lw * 2);
+        }
+        ctx.restore();
+      }
+    });
+  }
+
+  function matchCard(m) {
+    const fig = document.createElement("figure");
+    fig.className = "match";
+    fig.dataset.id = String(m.id);
+    const img = document.createElement("img");
+    img.src = "/api/memes/" + encodeURIComponent(m.id) + "/image";
+    img.alt = m.title;
+    img.loading = "eager";
+    const cap = document.createElement("figcaption");
+    const title = document.createElement("span");
+    title.className = "title";
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    cap.append(title, meta);
+    fig.append(img, cap);
+    return fig;
+  }
+
+  function updateCard(fig, m) {
+    fig.querySelector(".title").textContent = m.title;
+    fig.querySelector(".meta").textContent = "#" + m.rank + " · distance " + m.distance.toFixed(3);
+    fig.dataset.rank = String(m.rank);
+    fig.dataset.distance = String(m.distance);
+  }
+
+  function faceSection(i, total) {
+    const sec = document.createElement("section");
+    sec.className = "face";
+    const h = document.createElement("h2");
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    h.append(sw, document.createTextNode(""));
+    const list = document.createElement("div");
+    list.className = "matches";
+    sec.append(h, list);
+    return sec;
+  }
+
+  // Update the cards in place (same meme in the same slot keeps its image: no flicker while live).
+  function renderMatches(faces) {
+    while (results.children.length > faces.length) results.lastElementChild.remove();
+    faces.forEach((f, i) => {
+      let sec = results.children[i];
+      if (!sec || !sec.classList.contains("face")) {
+        if (sec) sec.remove();
+        sec = faceSection(i, faces.length);
+        results.insertBefore(sec, results.children[i] || null);
+      }
+      sec.dataset.face = String(i);
+      const h = sec.querySelector("h2");
+      h.querySelector(".swatch").style.background = COLORS[i % COLORS.length];
+      h.lastChild.textContent =
+        faces.length > 1 ? "Face " + (i + 1) + ": your memes" : "Your meme" + (f.matches.length > 1 ? "s" : "");
+      const list = sec.querySelector(".matches");
+      if (!f.matches.length) {
+        list.replaceChildren(Object.assign(document.createElement("p"), { className: "empty", textContent: "No meme in the index." }));
+        return;
+      }
+      while (list.children.length > f.matches.length) list.lastElementChild.remove();
+      f.matches.forEach((m, j) => {
+        let fig = list.children[j];
+        if (!fig || fig.dataset.id !== String(m.id)) {
+          const fresh = matchCard(m);
+          if (fig) fig.replaceWith(fresh);
+          else list.append(fresh);
+          fig = fresh;
+        }
+        updateCard(fig, m);
+      });
+    });
+  }
+
+  function show(doc, w, h) {
+    const faces = doc.faces || [];
+    drawBoxes(faces, w, h);
+    results.dataset.updates = String((Number(results.dataset.updates) || 0) + 1);
+    if (!faces.length) {
+      noFaceStreak++;
+      if (mode === "camera") {
+        setStatus("No face seen. Face the camera in good light.", "warn");
+        // keep the last memes (dimmed) for a moment: a missed frame should not blank the page
+        results.classList.add("stale");
+        if (noFaceStreak >= 3) results.replaceChildren();
+      } else {
+        setStatus("No face seen in this photo. Try another one, or the camera.", "warn");
+        results.replaceChildren();
+      }
+      document.body.dataset.faces = "0";
+      return;
+    }
+    noFaceStreak = 0;
+    results.classList.remove("stale");
+    document.body.dataset.faces = String(faces.length);
+    renderMatches(faces);
+    const n = faces.length;
+    setStatus(
+      (n === 1 ? "1 face" : n + " faces") + (mode === "camera" ? " seen, live" : " found in the photo"),
+      "ok",
+    );
+  }
+
+  // ---- wiring -------------------------------------------------------------------------------------------
+  cameraBtn.addEventListener("click", () => {
+    if (mode === "camera") {
+      stopCamera();
+      setStatus("Camera stopped. Start it again, or pick a photo.");
+    } else {
+      startCamera();
+    }
+  });
+
+  fileInput.addEventListener("change", () => {
+    usePhoto(fileInput.files && fileInput.files[0]);
+    fileInput.value = "";
+  });
+
+  let dragDepth = 0;
+  window.addEventListener("dragenter", (e) => {
+    e.preventDefault();
+    dragDepth++;
+    document.body.classList.add("dragging");
+  });
+  window.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) document.body.classList.remove("dragging");
+  });
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => {
+    e.preventDefault();
+    dragDepth = 0;
+    document.body.classList.remove("dragging");
+    const file = e.dataTransfer && e.dataTransfer.files && e.dataTransfer.files[0];
+    if (file) usePhoto(file);
+    else setStatus("Drop an image file (JPEG, PNG, …).", "warn");
+  });
+
+  startCamera();
+})();
