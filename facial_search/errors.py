@@ -30,3 +30,7 @@ class IndexFormatError(FacialSearchError):
 
 class EmbedderMismatchError(FacialSearchError):
     """An index built by another embedder (name, version or dimension) than the one in use."""
+
+
+class LiveError(FacialSearchError):
+    """A camera that cannot be opened, a video that cannot be read, an output that cannot be written."""

@@ -30,16 +30,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import FacialSearchError
+from .errors import LiveError
 from .faces import FaceFinder, FaceFinderOptions
 from .one_euro import OneEuroFilter, OneEuroParams
 from .overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
 from .tracking import MatchHysteresis, Tracker, distances_to_all
-
-
-class LiveError(FacialSearchError):
-    """A camera that cannot be opened, a video that cannot be read, an output that cannot be written."""
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Frames in
