@@ -17,7 +17,7 @@ endif
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[web,test]'
+	$(BIN)/python -m pip install -q -e '.[web,test,train]'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -1,0 +1,82 @@
+"""The learned expression embedder: aligned grey face -> 64-d unit-norm vector (ONNX Runtime, CPU).
+
+Each face is aligned from its MediaPipe landmarks to the canonical FER+-framed template
+(:func:`facial_search.align.align_face`, 48x48 grey); a face without landmarks (a ready-made crop the
+detector missed) is the whole image. The network (``facial_search/models/expression-v1.onnx``, a small CNN
+trained on FER+ vote distributions, see ``facial_search/models/MODEL_CARD.md``) embeds the face and its
+mirror image and averages the two, so a mirrored face gets the same vector. No torch at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+
+from ..align import DEFAULT_SIZE, align_face
+from ..faces import Face
+from . import l2_normalize
+
+#: File of the weights inside ``facial_search/models``.
+MODEL_FILE = "expression-v1.onnx"
+
+#: Emotion order of the ``probs`` output (FER+ label order, without unknown / not-a-face).
+EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+
+
+def model_path():
+    return resources.files("facial_search") / "models" / MODEL_FILE
+
+
+class ExpressionEmbedder:
+    """64-d learned expression embedding (see module docstring). Not thread-safe: one per process/thread."""
+
+    name = "expression"
+    version = "1"
+    dim = 64
+    size = DEFAULT_SIZE
+
+    def __init__(self, model_file=None, threads: int = 1):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        path = model_file or model_path()
+        with resources.as_file(path) if model_file is None else _nullctx(path) as p:
+            self._session = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+
+    def faces_input(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``(N, 48, 48) float32`` aligned grey faces, pixels 0..255 (the network input)."""
+        out = np.zeros((len(faces), self.size, self.size), dtype=np.float32)
+        for i, f in enumerate(faces):
+            out[i] = align_face(image, f.landmarks, self.size)
+        return out
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network on aligned faces ``(N, 48, 48)``: ``(embeddings (N, 64), probabilities (N, 8))``."""
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, len(EMOTIONS)), np.float32)
+        emb, probs = self._session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})
+        return l2_normalize(emb), probs.astype(np.float32)
+
+    def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``(len(faces), 64) float32`` unit-norm; all faces of the image in one ``session.run``."""
+        return self.run(self.faces_input(image, faces))[0]
+
+    def emotions(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``(len(faces), 8)`` emotion probabilities (order :data:`EMOTIONS`), mirror-averaged."""
+        return self.run(self.faces_input(image, faces))[1]
+
+
+class _nullctx:
+    def __init__(self, v):
+        self.v = v
+
+    def __enter__(self):
+        return self.v
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,163 @@
+"""The shipped expression embedder (real ONNX model, real MediaPipe landmarks, FER+ and meme images)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facial_search.align import DEFAULT_SIZE, TEMPLATE, align_face, similarity_transform
+from facial_search.embedders import get_embedder
+from facial_search.embedders.expression import ExpressionEmbedder, model_path
+from facial_search.faces import FaceFinder, FaceFinderOptions, whole_image_face
+from facial_search.imageio import load_image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FERPLUS = Path(os.environ.get("FERPLUS_DIR", SHARED / "data" / "ferplus"))
+MODELS = Path(os.environ.get("FACIAL_SEARCH_MODELS", SHARED / "models"))
+FACES = SHARED / "data" / "faces"
+
+needs_model = pytest.mark.skipif(not model_path().is_file(), reason="expression-v1.onnx not built yet")
+needs_data = pytest.mark.skipif(
+    not (FERPLUS / "FER2013Test" / "label.csv").exists() or not (MODELS / "face_landmarker.task").exists(),
+    reason="needs ../shared FER+ data and face_landmarker.task",
+)
+
+
+@pytest.fixture(scope="module")
+def finder():
+    os.environ.setdefault("FACIAL_SEARCH_MODELS", str(MODELS))
+    with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return ExpressionEmbedder()
+
+
+def _faces(finder, rgb):
+    return finder.detect(rgb) or [whole_image_face(rgb)]
+
+
+# --------------------------------------------------------------------------------------------- alignment
+
+
+def test_similarity_transform_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (13, 2))
+    ang, s, t = 0.3, 1.7, np.array([5.0, -3.0])
+    r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    m = similarity_transform(src, src @ (s * r).T + t)
+    np.testing.assert_allclose(m[:, :2], s * r, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], t, atol=1e-9)
+
+
+def test_template_is_symmetric_and_inside():
+    assert TEMPLATE.shape == (13, 2) and np.all((TEMPLATE > 0) & (TEMPLATE < 1))
+    np.testing.assert_allclose(TEMPLATE[[0, 1, 11]][:, 0], 1 - TEMPLATE[[3, 2, 12]][:, 0], atol=1e-4)
+
+
+def test_align_whole_image_and_landmarks_shapes():
+    img = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    assert align_face(img, None).shape == (DEFAULT_SIZE, DEFAULT_SIZE)
+    lm = np.zeros((478, 3), np.float32)
+    lm[:, :2] = 0.5
+    from facial_search.align import ALIGN_LANDMARKS
+
+    lm[list(ALIGN_LANDMARKS), :2] = TEMPLATE * 0.2 + 0.4  # a small face in a big image: the shrinking path
+    out = align_face(img, lm)
+    assert out.shape == (DEFAULT_SIZE, DEFAULT_SIZE) and out.dtype == np.uint8
+
+
+@needs_data
+def test_aligned_fer_crop_looks_like_the_crop(finder):
+    """The template is FER+'s framing: aligning a detected FER+ crop changes it little."""
+    root = FERPLUS / "FER2013Test"
+    diffs = []
+    for name in sorted(os.listdir(root))[:40]:
+        if not name.endswith(".png"):
+            continue
+        rgb = load_image(root / name)
+        faces = finder.detect(rgb)
+        if faces:
+            a = align_face(rgb, faces[0].landmarks).astype(float)
+            w = align_face(rgb, None).astype(float)
+            diffs.append(np.corrcoef(a.ravel(), w.ravel())[0, 1])
+    assert len(diffs) > 20 and np.median(diffs) > 0.6
+
+
+# -------------------------------------------------------------------------------------------- embeddings
+
+
+@needs_model
+def test_registered_and_output_contract(embedder):
+    e = get_embedder("expression")
+    assert (e.name, e.dim) == ("expression", 64)
+    img = np.full((48, 48, 3), 128, np.uint8)
+    out = embedder.embed(img, [whole_image_face(img), whole_image_face(img)])
+    assert out.shape == (2, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed(img, []).shape == (0, 64)
+
+
+@needs_model
+@needs_data
+def test_mirrored_face_is_close_to_itself(finder, embedder):
+    rgb = load_image(FACES / "0-f15-hao-ph.jpg")
+    a = embedder.embed(rgb, _faces(finder, rgb))[0]
+    m = np.ascontiguousarray(rgb[:, ::-1])
+    b = embedder.embed(m, _faces(finder, m))[0]
+    assert np.linalg.norm(a - b) < 0.15
+
+
+@needs_model
+@needs_data
+def test_meme_and_crop_paths(finder, embedder):
+    """A colour photo of any size and a 48x48 grey crop of it land close (same input recipe)."""
+    rgb = load_image(FACES / "0-f1-su-ph.jpg")
+    faces = finder.detect(rgb)
+    assert faces
+    e_photo = embedder.embed(rgb, faces)[0]
+    grey48 = np.repeat(align_face(rgb, faces[0].landmarks)[:, :, None], 3, 2)  # a FER-style crop of it
+    e_crop = embedder.embed(grey48, _faces(finder, grey48))[0]
+    e_whole = embedder.embed(grey48, [whole_image_face(grey48)])[0]
+    assert e_photo.shape == (64,)
+    assert np.linalg.norm(e_photo - e_crop) < 0.35
+    assert np.linalg.norm(e_photo - e_whole) < 0.35
+
+
+def _clear_images(label: int, n: int) -> list[str]:
+    out = []
+    with open(FERPLUS / "FER2013Test" / "label.csv", newline="") as f:
+        for row in csv.reader(f):
+            if row and int(row[2 + label]) >= 9:
+                out.append(row[0])
+            if len(out) == n:
+                break
+    return out
+
+
+@needs_model
+@needs_data
+def test_same_emotion_closer_than_different(finder, embedder):
+    groups = [_clear_images(k, 6) for k in (1, 2, 0)]  # happiness, surprise, neutral
+    embs = []
+    for names in groups:
+        rows = []
+        for n in names:
+            rgb = load_image(FERPLUS / "FER2013Test" / n)
+            rows.append(embedder.embed(rgb, _faces(finder, rgb))[0])
+        embs.append(np.stack(rows))
+    d = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)  # noqa: E731
+    within = np.mean([d(e, e)[np.triu_indices(len(e), 1)].mean() for e in embs])
+    between = np.mean([d(embs[i], embs[j]).mean() for i in range(3) for j in range(i + 1, 3)])
+    assert within < 0.6 * between
+
+
+@needs_model
+def test_model_small():
+    assert model_path().stat().st_size < 10 * 2**20

@@ -1,0 +1,77 @@
+"""The training recipe runs end to end on a handful of FER+ images and exports an ONNX model that loads."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+FERPLUS = Path(os.environ.get("FERPLUS_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "ferplus"))
+MODELS = Path(os.environ.get("FACIAL_SEARCH_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
+
+pytestmark = pytest.mark.skipif(
+    not (FERPLUS / "FER2013Train" / "label.csv").exists() or not (MODELS / "face_landmarker.task").exists(),
+    reason="needs ../shared FER+ data and face_landmarker.task",
+)
+
+
+def test_train_few_steps_and_export(tmp_path, monkeypatch):
+    from facial_search.embedders.expression import ExpressionEmbedder
+    from facial_search.faces import FaceFinder, FaceFinderOptions
+    from training import prepare, train
+
+    monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
+    cache = tmp_path / "cache"
+    with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as finder:
+        prepare.write_subset_cache("FER2013Train", 24, cache, finder, FERPLUS)
+        prepare.write_subset_cache("FER2013Valid", 9, cache, finder, FERPLUS)
+    names, _ = prepare.read_labels("FER2013Valid", FERPLUS)
+    trip = tmp_path / "triplets.csv"
+    with open(trip, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_a", "image_b", "image_c", "most_similar", "type"])
+        for i in range(0, 9, 3):
+            w.writerow([names[i], names[i + 1], names[i + 2], "ab", "ONE_CLASS"])
+    out = tmp_path / "m.onnx"
+    summary = train.train(
+        argparse.Namespace(
+            out=str(out), seed=0, epochs=1, batch=8, lr=1e-3, wd=5e-4, w_dist=1.0, w_trip=1.0, threads=1, p_whole=0.15, p_down2=0.25,
+            limit=24, max_steps=2, cache=str(cache), valid_split="FER2013Valid", valid_triplets=str(trip),
+            report_test=False, save_torch=False, export_every_best=False, log=str(tmp_path / "log.json"),
+        )
+    )  # fmt: skip
+    assert out.exists() and out.stat().st_size < 10 * 2**20
+    assert 0.0 <= summary["history"][0]["valid"]["emb"]["overall"] <= 1.0
+    emb = ExpressionEmbedder(model_file=out)
+    x = np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.float32)
+    e, p = emb.run(x)
+    assert e.shape == (3, 64) and p.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-4)
+
+
+def test_triplet_accuracy_counts_closest_pair():
+    from training.train import triplet_accuracy
+
+    emb = np.array([[0.0, 0.0], [0.1, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    names = ["a", "b", "c", "d"]
+    trips = [("a", "b", "c", "ab", "ONE_CLASS"), ("a", "c", "b", "bc", "TWO_CLASS"), ("c", "d", "b", "ac", "THREE_CLASS")]
+    res = triplet_accuracy(emb, names, trips)
+    assert res["ONE_CLASS"] == 1.0 and res["TWO_CLASS"] == 0.0 and res["THREE_CLASS"] == 1.0
+    assert res["overall"] == pytest.approx(2 / 3)
+
+
+def test_augment_keeps_shape_and_range():
+    from training.train import augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 48, 48) * 255
+    y = augment(x, x.clone(), g)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 255

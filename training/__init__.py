@@ -1,0 +1,1 @@
+"""Training recipe of the ``expression`` embedder (see training/README.md). Needs torch (``[train]`` extra)."""

@@ -1,0 +1,197 @@
+"""Detect and align every FER+ image once; cache uint8 arrays under ``training/cache/``.
+
+Stage 1 (``landmarks_<split>.npz``): MediaPipe FaceLandmarker (IMAGE mode, one face) on each 48x48 crop,
+edge-padded by 1/6 of its side on every side (detection ~93 % instead of ~91 % unpadded), landmarks mapped
+back to the crop's own normalised coordinates; when the padded crop gives nothing, the plain crop is tried.
+Two worker processes.
+
+Stage 2 (``aligned_<split>.npz``): :func:`facial_search.align.align_face` on each crop with its landmarks
+(or the whole crop when none were found) -- exactly the run-time recipe --, the whole crop resized (the
+fallback path, used as an augmentation) and the 10 FER+ vote counts.
+
+``python -m training.prepare`` (both stages, skips what is cached); ``--measure-template`` prints the
+median positions of :data:`facial_search.align.ALIGN_LANDMARKS` over detected FER2013Train crops (the
+source of :data:`facial_search.align.TEMPLATE`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("FER2013Train", "FER2013Valid", "FER2013Test")
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / "cache"
+
+
+def data_dir() -> Path:
+    env = os.environ.get("FERPLUS_DIR")
+    if env:
+        return Path(env)
+    for cand in (ROOT.parent.parent / "shared" / "data" / "ferplus", Path("/work/shared/data/ferplus")):
+        if cand.is_dir():
+            return cand
+    raise FileNotFoundError("FER+ data not found; set FERPLUS_DIR")
+
+
+def read_labels(split: str, root: Path | None = None) -> tuple[list[str], np.ndarray]:
+    """File names and ``(N, 10) int`` vote counts of one split (label.csv order)."""
+    root = root or data_dir()
+    names, votes = [], []
+    with open(root / split / "label.csv", newline="") as f:
+        for row in csv.reader(f):
+            if not row:
+                continue
+            names.append(row[0])
+            votes.append([int(v) for v in row[2:12]])
+    return names, np.asarray(votes, dtype=np.int16)
+
+
+_finder = None
+
+
+def _init_worker() -> None:
+    global _finder
+    from facial_search.faces import FaceFinder, FaceFinderOptions
+
+    _finder = FaceFinder.create_from_options(FaceFinderOptions(max_faces=1))
+
+
+def detect_crop(finder, rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """Landmarks ``(478, 3)`` of a ready-made face crop in its own normalised coordinates, or None.
+
+    Returns ``(landmarks, how)`` with how = 1 (padded crop), 2 (plain crop), 0 (none found).
+    """
+    h, w = rgb.shape[:2]
+    py, px = max(1, round(h / 6)), max(1, round(w / 6))
+    padded = np.pad(rgb, ((py, py), (px, px), (0, 0)), mode="edge")
+    faces = finder.detect(padded)
+    if faces:
+        lm = faces[0].landmarks.copy()
+        lm[:, 0] = (lm[:, 0] * (w + 2 * px) - px) / w
+        lm[:, 1] = (lm[:, 1] * (h + 2 * py) - py) / h
+        lm[:, 2] = lm[:, 2] * (w + 2 * px) / w
+        return lm, 1
+    faces = finder.detect(rgb)
+    if faces:
+        return faces[0].landmarks.copy(), 2
+    return None, 0
+
+
+def _detect_one(path: str):
+    from facial_search.imageio import load_image
+
+    lm, how = detect_crop(_finder, load_image(path))
+    return (lm.astype(np.float32) if lm is not None else None), how
+
+
+def detect_split(split: str, workers: int = 2) -> Path:
+    out = CACHE / f"landmarks_{split}.npz"
+    if out.exists():
+        return out
+    root = data_dir()
+    names, _ = read_labels(split, root)
+    paths = [str(root / split / n) for n in names]
+    lms = np.full((len(names), 478, 3), np.nan, dtype=np.float32)
+    how = np.zeros(len(names), dtype=np.int8)
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        for i, (lm, h) in enumerate(pool.imap(_detect_one, paths, chunksize=64)):
+            if lm is not None:
+                lms[i] = lm
+            how[i] = h
+            if (i + 1) % 5000 == 0:
+                print(f"  {split}: {i + 1}/{len(paths)} {time.time() - t0:.0f}s", flush=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, names=np.asarray(names), landmarks=lms, how=how)
+    print(f"{split}: detected {np.mean(how > 0):.3f} (padded {np.mean(how == 1):.3f}) in {time.time() - t0:.0f}s")
+    return out
+
+
+def measure_template(split: str = "FER2013Train") -> np.ndarray:
+    from facial_search.align import ALIGN_LANDMARKS
+
+    d = np.load(CACHE / f"landmarks_{split}.npz")
+    lm = d["landmarks"][d["how"] > 0][:, list(ALIGN_LANDMARKS), :2]
+    return np.median(lm, axis=0)
+
+
+def align_split(split: str, size: int | None = None) -> Path:
+    from facial_search.align import DEFAULT_SIZE, align_face
+    from facial_search.imageio import load_image
+
+    size = size or DEFAULT_SIZE
+    out = CACHE / f"aligned_{split}_{size}.npz"
+    if out.exists():
+        return out
+    root = data_dir()
+    names, votes = read_labels(split, root)
+    with np.load(CACHE / f"landmarks_{split}.npz") as d:  # read each array once (npz keys decompress)
+        assert list(d["names"]) == names
+        lms, how = d["landmarks"], d["how"]
+    imgs = np.zeros((len(names), size, size), dtype=np.uint8)
+    whole = np.zeros((len(names), size, size), dtype=np.uint8)
+    for i, n in enumerate(names):
+        rgb = load_image(root / split / n)
+        lm = lms[i] if how[i] > 0 else None
+        imgs[i] = align_face(rgb, lm, size)
+        whole[i] = align_face(rgb, None, size)
+    np.savez_compressed(out, names=np.asarray(names), images=imgs, whole=whole, votes=votes, how=how)
+    return out
+
+
+def write_subset_cache(split: str, n: int, out_dir: Path, finder, root: Path | None = None) -> Path:
+    """Detect + align the first ``n`` images of ``split`` in this process into ``out_dir`` (tests)."""
+    from facial_search.align import DEFAULT_SIZE, align_face
+    from facial_search.imageio import load_image
+
+    root = root or data_dir()
+    names, votes = read_labels(split, root)
+    names, votes = names[:n], votes[:n]
+    size = DEFAULT_SIZE
+    imgs = np.zeros((n, size, size), np.uint8)
+    whole = np.zeros((n, size, size), np.uint8)
+    how = np.zeros(n, np.int8)
+    for i, name in enumerate(names):
+        rgb = load_image(root / split / name)
+        lm, how[i] = detect_crop(finder, rgb)
+        imgs[i] = align_face(rgb, lm, size)
+        whole[i] = align_face(rgb, None, size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"aligned_{split}_{size}.npz"
+    np.savez_compressed(out, names=np.asarray(names), images=imgs, whole=whole, votes=votes, how=how)
+    return out
+
+
+def prepare(splits=SPLITS, workers: int = 2) -> None:
+    for s in splits:
+        detect_split(s, workers)
+    for s in splits:
+        align_split(s)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--measure-template", action="store_true")
+    ap.add_argument("--landmarks-only", action="store_true")
+    a = ap.parse_args(argv)
+    for s in SPLITS:
+        detect_split(s, a.workers)
+    if a.measure_template:
+        t = measure_template()
+        print("TEMPLATE =", np.array2string(t, precision=4, separator=", "))
+        return
+    if not a.landmarks_only:
+        for s in SPLITS:
+            align_split(s)
+
+
+if __name__ == "__main__":
+    main()

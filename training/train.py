@@ -1,0 +1,342 @@
+"""Train the ``expression`` embedder on FER+ (FER2013Train), select on FER2013Valid, export ONNX.
+
+    python -m training.train --out facial_search/models/expression-v1.onnx
+
+Recipe (one seeded command; prepares the aligned-face cache first if missing, see training/prepare.py):
+
+- input: the aligned 48x48 grey face (:func:`facial_search.align.align_face`); each image is standardised
+  (zero mean, unit std) inside the network, so brightness/contrast changes mostly cancel;
+- network: a small VGG-style CNN (16-32-64-128 channels, ~0.3 M parameters) -> 64-d unit-norm embedding
+  ``z``; a linear head on ``z`` gives 8 emotion logits;
+- loss: soft-label cross-entropy against the FER+ vote distribution p (8 emotions, normalised)
+  + distance regression: ``||z_i - z_j||`` towards ``DIST_SCALE * TV(p_i, p_j)`` over all pairs of the batch
+  + a batch-all triplet hinge (anchor i, pairs j, k with TV_ij < TV_ik - 0.1, margin grows with the TV gap);
+  images with >1 unknown/not-a-face vote are dropped (as in the triplet protocol);
+- augmentation: mirror, scale/rotation/shift jitter, brightness/contrast/gamma with clipping, 2x down-up /
+  blur, noise, and the whole (unaligned) crop instead of the aligned face 15 % of the time;
+- AdamW + one-cycle LR, batch 128, fixed epochs; the epoch with the best FER2013Valid triplet accuracy is
+  exported; the ONNX graph averages the embedding of the face and its mirror image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import prepare
+
+DIST_SCALE = 1.4
+SIZE = 48
+
+
+def conv_bn(i: int, o: int) -> list[nn.Module]:
+    return [nn.Conv2d(i, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+
+class ExpressionNet(nn.Module):
+    def __init__(self, widths=(16, 32, 64, 128), dim: int = 64, n_classes: int = 8):
+        super().__init__()
+        a, b, c, d = widths
+        self.features = nn.Sequential(
+            *conv_bn(1, a), nn.MaxPool2d(2),
+            *conv_bn(a, b), *conv_bn(b, b), nn.MaxPool2d(2),
+            *conv_bn(b, c), *conv_bn(c, c), nn.MaxPool2d(2),
+            *conv_bn(c, d), *conv_bn(d, d),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.drop = nn.Dropout(0.2)
+        self.proj = nn.Linear(d, dim)
+        self.head = nn.Linear(dim, n_classes)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    @staticmethod
+    def standardise(x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) pixels 0..255 -> per-image zero mean, unit std."""
+        mu = x.mean(dim=(1, 2, 3), keepdim=True)
+        sd = (x - mu).pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-2).sqrt()
+        return (x - mu) / sd
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels (N, 1, 48, 48) 0..255 -> (unit-norm embedding (N, dim), logits (N, 8))."""
+        f = self.drop(self.features(self.standardise(x)))
+        z = F.normalize(self.proj(f), dim=1)
+        return z, self.head(z) * self.logit_scale.exp()
+
+
+class ExportWrapper(nn.Module):
+    """ONNX graph: uint8-range float pixels (N, 48, 48) -> embedding (N, 64) and probabilities (N, 8),
+    both the average over the face and its mirror image (embedding renormalised)."""
+
+    def __init__(self, net: ExpressionNet):
+        super().__init__()
+        self.net = net
+        self.register_buffer("rev", torch.arange(SIZE - 1, -1, -1))
+
+    def forward(self, image: torch.Tensor):
+        x = image.unsqueeze(1)
+        xm = torch.index_select(x, 3, self.rev)
+        n = x.shape[0]
+        z, logits = self.net(torch.cat([x, xm], 0))
+        emb = F.normalize(z[:n] + z[n:], dim=1)
+        probs = 0.5 * (logits[:n].softmax(1) + logits[n:].softmax(1))
+        return emb, probs
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def load_split(split: str, cache: Path | None = None):
+    d = np.load((cache or prepare.CACHE) / f"aligned_{split}_{SIZE}.npz")
+    votes = d["votes"].astype(np.float32)
+    emo = votes[:, :8]
+    s = emo.sum(1, keepdims=True)
+    p = emo / np.maximum(s, 1)
+    keep = (votes[:, 8:].sum(1) <= 1) & (s[:, 0] > 0)
+    return {"names": list(d["names"]), "images": d["images"], "whole": d["whole"], "p": p, "keep": keep}
+
+
+def read_triplets(path: Path) -> list[tuple[str, str, str, str, str]]:
+    with open(path, newline="") as f:
+        r = csv.DictReader(f)
+        return [(t["image_a"], t["image_b"], t["image_c"], t["most_similar"], t["type"]) for t in r]
+
+
+def triplet_accuracy(emb: np.ndarray, names: list[str], triplets) -> dict[str, float]:
+    """Share of triplets whose closest pair in ``emb`` (rows named by ``names``) is the labelled pair."""
+    idx = {n: i for i, n in enumerate(names)}
+    a = np.array([idx[t[0]] for t in triplets])
+    b = np.array([idx[t[1]] for t in triplets])
+    c = np.array([idx[t[2]] for t in triplets])
+    lab = np.array(["ab ac bc".split().index(t[3]) for t in triplets])
+    typ = np.array([t[4] for t in triplets])
+    d = np.stack(
+        [np.linalg.norm(emb[a] - emb[b], axis=1), np.linalg.norm(emb[a] - emb[c], axis=1),
+         np.linalg.norm(emb[b] - emb[c], axis=1)], 1)  # fmt: skip
+    ok = d.argmin(1) == lab
+    out = {"overall": float(ok.mean())}
+    for t in ("ONE_CLASS", "TWO_CLASS", "THREE_CLASS"):
+        m = typ == t
+        if m.any():
+            out[t] = float(ok[m].mean())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- augment
+
+
+def augment(x: torch.Tensor, whole: torch.Tensor, g: torch.Generator, p_whole: float = 0.15,
+            p_down2: float = 0.25) -> torch.Tensor:
+    """Batch (N, 1, S, S) float 0..255 -> augmented copy (see module docstring)."""
+    n = x.shape[0]
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    use_whole = (u(n) < p_whole).view(n, 1, 1, 1)
+    x = torch.where(use_whole, whole, x)
+    flip = u(n) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    # similarity jitter
+    ang = (u(n) * 2 - 1) * math.radians(10)
+    sc = 1 + (u(n) * 2 - 1) * 0.1
+    tx, ty = (u(n) * 2 - 1) * 0.1, (u(n) * 2 - 1) * 0.1
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # resolution: 2x down-up (p_down2), 3x down-up (10 %), light blur (15 %)
+    r = u(n).view(n, 1, 1, 1)
+    s = x.shape[-1]
+    d2 = F.interpolate(F.avg_pool2d(x, 2), size=(s, s), mode="bilinear", align_corners=False)
+    d3 = F.interpolate(F.interpolate(x, size=(s // 3, s // 3), mode="area"), size=(s, s), mode="bilinear",
+                       align_corners=False)  # fmt: skip
+    k = torch.tensor([1.0, 2.0, 1.0]) / 4
+    blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).view(1, 1, 3, 3))
+    x = torch.where(r < p_down2 + 0.25, blur, x)
+    x = torch.where(r < p_down2 + 0.1, d3, x)
+    x = torch.where(r < p_down2, d2, x)
+    # photometric: gamma, contrast, brightness, noise, clip
+    gam = torch.exp((u(n) * 2 - 1) * 0.4).view(n, 1, 1, 1)
+    x = 255.0 * (x.clamp(0, 255) / 255.0).pow(gam)
+    con = (0.6 + 0.8 * u(n)).view(n, 1, 1, 1)
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    x = (x - mu) * con + mu
+    x = x * (0.7 + 0.6 * u(n)).view(n, 1, 1, 1) + ((u(n) * 2 - 1) * 25).view(n, 1, 1, 1)
+    noise = (u(n) < 0.3).float().view(n, 1, 1, 1) * torch.randn(x.shape, generator=g) * 4
+    x = (x + noise).clamp(0, 255)
+    return torch.round(x)  # pixels are integers at run time
+
+
+# ------------------------------------------------------------------------------------------------- losses
+
+
+def tv_matrix(p: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (p[:, None, :] - p[None, :, :]).abs().sum(-1)
+
+
+def losses(z, logits, p, w_dist: float, w_trip: float):
+    ce = -(p * F.log_softmax(logits, 1)).sum(1).mean()
+    tv = tv_matrix(p)
+    d = torch.cdist(z, z).clamp_min(0)
+    n = z.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool)
+    dist = F.smooth_l1_loss(d[off], (DIST_SCALE * tv)[off], beta=0.1)
+    # batch-all triplets: anchor i, positive j, negative k with tv_ij + 0.1 < tv_ik
+    gap = tv[:, None, :] - tv[:, :, None]  # [i, j, k] = tv_ik - tv_ij
+    valid = (gap > 0.1) & off[:, :, None] & off[:, None, :]
+    viol = F.relu(d[:, :, None] - d[:, None, :] + DIST_SCALE * 0.5 * gap)  # d_ij - d_ik + margin
+    trip = (viol * valid).sum() / valid.sum().clamp_min(1)
+    return ce + w_dist * dist + w_trip * trip, {"ce": ce.item(), "dist": dist.item(), "trip": trip.item()}
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+
+@torch.no_grad()
+def embed_array(model: nn.Module, images: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror-averaged embeddings and probabilities of (N, S, S) uint8 images with the export graph."""
+    wrap = ExportWrapper(model).eval()
+    embs, probs = [], []
+    for i in range(0, len(images), batch):
+        e, p = wrap(torch.from_numpy(images[i : i + batch]).float())
+        embs.append(e.numpy())
+        probs.append(p.numpy())
+    return np.concatenate(embs), np.concatenate(probs)
+
+
+def evaluate(model, data, triplets) -> dict:
+    emb, probs = embed_array(model, data["images"])
+    res = triplet_accuracy(emb, data["names"], triplets)
+    res_p = triplet_accuracy(probs, data["names"], triplets)
+    return {"emb": res, "probs": res_p}
+
+
+def export_onnx(model: ExpressionNet, path: Path) -> None:
+    wrap = ExportWrapper(model).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        wrap, torch.zeros(2, SIZE, SIZE), str(path), input_names=["image"], output_names=["embedding", "probs"],
+        dynamic_axes={"image": {0: "n"}, "embedding": {0: "n"}, "probs": {0: "n"}}, opset_version=17,
+        dynamo=False,
+    )  # fmt: skip
+    import onnx
+
+    m = onnx.load(str(path))
+    meta = {"input": "image: (N, 48, 48) float32 grey pixels 0..255, aligned by facial_search.align",
+            "outputs": "embedding (N, 64) unit-norm, probs (N, 8) neutral happiness surprise sadness anger "
+                       "disgust fear contempt"}  # fmt: skip
+    for k, v in meta.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(m, str(path))
+
+
+def train(args) -> dict:
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(args.seed)
+    cache = Path(args.cache) if args.cache else None
+    if cache is None:
+        prepare.prepare(workers=args.threads)
+    tr = load_split("FER2013Train", cache)
+    va = load_split(args.valid_split, cache)
+    trip_va = read_triplets(Path(args.valid_triplets) if args.valid_triplets else
+                            prepare.data_dir() / "triplets_valid.csv")  # fmt: skip
+    keep = np.flatnonzero(tr["keep"])
+    if args.limit:
+        keep = keep[: args.limit]
+    X = torch.from_numpy(tr["images"][keep]).float().unsqueeze(1)
+    W = torch.from_numpy(tr["whole"][keep]).float().unsqueeze(1)
+    P = torch.from_numpy(tr["p"][keep])
+    model = ExpressionNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    steps_per_epoch = max(1, len(keep) // args.batch)
+    total = steps_per_epoch * args.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
+    best, best_state, history = -1.0, None, []
+    t0 = time.time()
+    step = 0
+    for ep in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(keep), generator=g)
+        agg = {"ce": 0.0, "dist": 0.0, "trip": 0.0}
+        for s in range(steps_per_epoch):
+            if args.max_steps and step >= args.max_steps:
+                break
+            idx = perm[s * args.batch : (s + 1) * args.batch]
+            x = augment(X[idx], W[idx], g, args.p_whole, args.p_down2)
+            z, logits = model(x)
+            loss, parts = losses(z, logits, P[idx], args.w_dist, args.w_trip)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            for k in agg:
+                agg[k] += parts[k] / steps_per_epoch
+        model.eval()
+        res = evaluate(model, va, trip_va)
+        score = res["emb"]["overall"] + 0.5 * res["emb"].get("ONE_CLASS", 0)
+        history.append({"epoch": ep + 1, "time_s": round(time.time() - t0), **{k: round(v, 4) for k, v in agg.items()},
+                        "valid": res})  # fmt: skip
+        print(json.dumps(history[-1]), flush=True)
+        if score > best:
+            best = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if args.export_every_best:  # something usable even if the run is cut short
+                export_onnx(model, Path(args.out))
+        if args.max_steps and step >= args.max_steps:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    out = Path(args.out)
+    export_onnx(model, out)
+    if args.save_torch:
+        torch.save(model.state_dict(), out.with_suffix(".pt"))
+    summary = {"best_valid": max(history, key=lambda h: h["valid"]["emb"]["overall"]
+                                 + 0.5 * h["valid"]["emb"].get("ONE_CLASS", 0)),
+               "train_s": round(time.time() - t0), "args": vars(args), "history": history}  # fmt: skip
+    if args.report_test:
+        te = load_split("FER2013Test", cache)
+        summary["test_cached"] = evaluate(model, te, read_triplets(prepare.data_dir() / "triplets_test.csv"))
+        print("test (cached aligned faces):", json.dumps(summary["test_cached"]))
+    if args.log:
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.log).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Train the expression embedder (see module docstring).")
+    ap.add_argument("--out", default="facial_search/models/expression-v1.onnx")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--w-dist", type=float, default=1.0)
+    ap.add_argument("--w-trip", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--p-whole", type=float, default=0.15, help="share of whole (unaligned) crops")
+    ap.add_argument("--p-down2", type=float, default=0.25, help="share of 2x down-up images")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (tests)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (tests)")
+    ap.add_argument("--cache", default=None, help="folder of aligned_*.npz (default: training/cache, prepared)")
+    ap.add_argument("--valid-split", default="FER2013Valid")
+    ap.add_argument("--valid-triplets", default=None)
+    ap.add_argument("--report-test", action="store_true", help="print FER2013Test figures (never selects)")
+    ap.add_argument("--save-torch", action="store_true")
+    ap.add_argument("--export-every-best", action="store_true", help="export ONNX at each new best epoch")
+    ap.add_argument("--log", default="training/runs/train_log.json")
+    train(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
