@@ -20,12 +20,6 @@ FERPLUS = Path(os.environ.get("FERPLUS_DIR", SHARED / "data" / "ferplus"))
 MODELS = Path(os.environ.get("FACIAL_SEARCH_MODELS", SHARED / "models"))
 FACES = SHARED / "data" / "faces"
 
-needs_model = pytest.mark.skipif(not model_path().is_file(), reason="expression-v1.onnx not built yet")
-needs_data = pytest.mark.skipif(
-    not (FERPLUS / "FER2013Test" / "label.csv").exists() or not (MODELS / "face_landmarker.task").exists(),
-    reason="needs ../shared FER+ data and face_landmarker.task",
-)
-
 
 @pytest.fixture(scope="module")
 def finder():
@@ -73,7 +67,6 @@ def test_align_whole_image_and_landmarks_shapes():
     assert out.shape == (DEFAULT_SIZE, DEFAULT_SIZE) and out.dtype == np.uint8
 
 
-@needs_data
 def test_aligned_fer_crop_looks_like_the_crop(finder):
     """The template is FER+'s framing: aligning a detected FER+ crop changes it little."""
     root = FERPLUS / "FER2013Test"
@@ -93,7 +86,6 @@ def test_aligned_fer_crop_looks_like_the_crop(finder):
 # -------------------------------------------------------------------------------------------- embeddings
 
 
-@needs_model
 def test_registered_and_output_contract(embedder):
     e = get_embedder("expression")
     assert (e.name, e.dim) == ("expression", 64)
@@ -104,8 +96,6 @@ def test_registered_and_output_contract(embedder):
     assert embedder.embed(img, []).shape == (0, 64)
 
 
-@needs_model
-@needs_data
 def test_mirrored_face_is_close_to_itself(finder, embedder):
     rgb = load_image(FACES / "0-f15-hao-ph.jpg")
     a = embedder.embed(rgb, _faces(finder, rgb))[0]
@@ -114,8 +104,6 @@ def test_mirrored_face_is_close_to_itself(finder, embedder):
     assert np.linalg.norm(a - b) < 0.15
 
 
-@needs_model
-@needs_data
 def test_meme_and_crop_paths(finder, embedder):
     """A colour photo of any size and a 48x48 grey crop of it land close (same input recipe)."""
     rgb = load_image(FACES / "0-f1-su-ph.jpg")
@@ -141,8 +129,6 @@ def _clear_images(label: int, n: int) -> list[str]:
     return out
 
 
-@needs_model
-@needs_data
 def test_same_emotion_closer_than_different(finder, embedder):
     groups = [_clear_images(k, 6) for k in (1, 2, 0)]  # happiness, surprise, neutral
     embs = []
@@ -158,6 +144,5 @@ def test_same_emotion_closer_than_different(finder, embedder):
     assert within < 0.6 * between
 
 
-@needs_model
 def test_model_small():
     assert model_path().stat().st_size < 10 * 2**20

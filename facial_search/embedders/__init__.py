@@ -52,7 +52,7 @@ class Embedder(Protocol):
 _REGISTRY: dict[str, Callable[[], Embedder]] = {}
 
 #: The embedder used by ``index``, ``search`` and ``eval`` when none is named.
-DEFAULT_EMBEDDER = "blendshapes"
+DEFAULT_EMBEDDER = "expression"
 
 
 def register(name: str, factory: Callable[[], Embedder]) -> None:
