@@ -57,7 +57,7 @@ def download_memes(
     Returns:
         ``(files present, [failure messages])``; a failed or mismatching file is reported and left out.
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
     dest.mkdir(parents=True, exist_ok=True)
     items = meme_list() if items is None else items
@@ -84,14 +84,7 @@ def download_memes(
     with ThreadPoolExecutor(workers) as pool:
         errors = [
             e
-            for e in tqdm(
-                pool.map(fetch, items),
-                total=len(items),
-                desc="downloading memes",
-                unit="img",
-                file=sys.stderr,
-                disable=not progress,
-            )
+            for e in progress_bar(pool.map(fetch, items), total=len(items), desc="downloading memes", enabled=progress)
             if e
         ]
     return len(items) - len(errors), errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .imageio import load_image
+from .progress import progress as progress_bar
 from .workers import WorkerConfig, current_pipeline, default_workers, map_images
 
 PAIRS = ("ab", "ac", "bc")
@@ -104,12 +104,10 @@ def embed_images(
     progress: bool = True,
 ) -> np.ndarray:
     """``(len(paths), D) float32``: one embedding per image (largest face, or the whole image)."""
-    from tqdm import tqdm
-
     config = WorkerConfig(embedder=embedder, model_path=model_path, max_faces=4)
     tasks = [(p, cropped, transform) for p in paths]
     it = map_images(_embed_one, tasks, config, workers=workers or default_workers(), chunksize=16)
-    rows = list(tqdm(it, total=len(tasks), unit="img", desc="embedding", file=sys.stderr, disable=not progress))
+    rows = list(progress_bar(it, total=len(tasks), desc="embedding", enabled=progress))
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 

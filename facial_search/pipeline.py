@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from .errors import FacialSearchError, ImageError, NoFaceError
 from .faces import Face, FaceFinder, FaceFinderOptions, whole_image_face
 from .imageio import IMAGE_SUFFIXES, load_image
 from .index import EmbedderInfo, FileRecord, MemeIndex
+from .progress import progress as progress_bar
 from .workers import WorkerConfig, current_pipeline, default_workers, map_images
 
 #: Share of the side added as edge padding around a ready-made face crop before detection (``cropped=True``):
@@ -336,7 +336,7 @@ def build_index(
     config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None)
     last_save = time.monotonic()
     results = map_images(_index_one, todo, config, workers=min(workers, max(1, len(todo))))
-    bar = _progress(total=len(todo), enabled=progress and bool(todo))
+    bar = progress_bar(total=len(todo), desc="indexing", enabled=progress and bool(todo))
     try:
         for r in results:
             index.remove_source(r.source)
@@ -362,19 +362,3 @@ def build_index(
             index.save(out)
         report.seconds = time.perf_counter() - t0
     return index, report
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="indexing", file=sys.stderr, dynamic_ncols=True)

@@ -62,7 +62,11 @@ def test_triplet_accuracy_counts_closest_pair():
 
     emb = np.array([[0.0, 0.0], [0.1, 0.0], [1.0, 0.0], [1.0, 1.0]])
     names = ["a", "b", "c", "d"]
-    trips = [("a", "b", "c", "ab", "ONE_CLASS"), ("a", "c", "b", "bc", "TWO_CLASS"), ("c", "d", "b", "ac", "THREE_CLASS")]
+    trips = [
+        ("a", "b", "c", "ab", "ONE_CLASS"),
+        ("a", "c", "b", "bc", "TWO_CLASS"),
+        ("c", "d", "b", "ac", "THREE_CLASS"),
+    ]
     res = triplet_accuracy(emb, names, trips)
     assert res["ONE_CLASS"] == 1.0 and res["TWO_CLASS"] == 0.0 and res["THREE_CLASS"] == 1.0
     assert res["overall"] == pytest.approx(2 / 3)

@@ -33,7 +33,7 @@ def perturb(rgb: np.ndarray, kind: str) -> np.ndarray:
         small = cv2.resize(rgb, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     if kind.startswith("bright"):
-        f = 1 + float(kind[len("bright"):]) / 100
+        f = 1 + float(kind[len("bright") :]) / 100
         return np.clip(rgb.astype(np.float32) * f + 0.5, 0, 255).astype(np.uint8)
     raise ValueError(kind)
 

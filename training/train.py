@@ -133,8 +133,9 @@ def triplet_accuracy(emb: np.ndarray, names: list[str], triplets) -> dict[str, f
 # ----------------------------------------------------------------------------------------------- augment
 
 
-def augment(x: torch.Tensor, whole: torch.Tensor, g: torch.Generator, p_whole: float = 0.15,
-            p_down2: float = 0.25) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, whole: torch.Tensor, g: torch.Generator, p_whole: float = 0.15, p_down2: float = 0.25
+) -> torch.Tensor:
     """Batch (N, 1, S, S) float 0..255 -> augmented copy (see module docstring)."""
     n = x.shape[0]
     u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
