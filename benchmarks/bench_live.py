@@ -300,7 +300,7 @@ def bench_speed_and_flicker(video: Path, index: Path, repeat: int) -> dict:
         )
         on, h_only, off, raw = (top1_changes_per_second(x) for x in (lines_on, lines_h, lines_off, lines_raw))
         h = LiveConfig().hysteresis
-        print(f"  default (embedding smoothing + hysteresis margin {h[0]}, hold {h[1]} frames): {on:.2f}/s")
+        print(f"  default (embedding smoothing + hysteresis margin {h[0]}, hold {h[1]} updates): {on:.2f}/s")
         print(f"  hysteresis only (no embedding smoothing):                           {h_only:.2f}/s")
         print(f"  neither (--no-hysteresis: raw top-k each frame):                    {off:.2f}/s")
         print(f"  neither, and no landmark filter (--no-hysteresis --no-filter):      {raw:.2f}/s")

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-cutoff", type=float, default=None, help="One Euro filter min_cutoff, Hz")
     s.add_argument("--beta", type=float, default=None, help="One Euro filter beta (speed coefficient)")
     s.add_argument("--d-cutoff", type=float, default=None, help="One Euro filter d_cutoff, Hz")
+    s.add_argument("--embed-every", type=int, default=3, metavar="N",
+                   help="embed and search each face every N frames (default 3)")  # fmt: skip
     s.add_argument("--no-filter", action="store_true", help="no landmark smoothing (for comparison)")
     s.add_argument("--no-hysteresis", action="store_true", help="no match hysteresis (for comparison)")
     common(s)

@@ -214,9 +214,10 @@ class MatchHysteresis:
             (unit-norm embeddings: distances in [0, 2]).
         hold: updates in a row a newcomer must win to replace a shown match without a clear margin.
 
-    The defaults (0.08, 12 updates = 0.5 s at 24 frames/s) were chosen on ``WolfgangLanger_Pexels.mp4``
-    against a 1,204-face imgflip index with the blendshapes embedder: top-1 changes fell from 8.6/s (raw) to
-    2.8/s, the shown top-1 being on average 0.013 farther than the raw nearest (``benchmarks/bench_live.py``).
+    The margin 0.08 and a hold of 0.5 s (12 updates when every frame is matched at 24 frames/s; ``live`` matches
+    every 3rd frame and uses ``hold=4``) were chosen on ``WolfgangLanger_Pexels.mp4`` against a 1,204-face
+    imgflip index with the blendshapes embedder: top-1 changes fell from 8.6/s (raw) to 2.8/s, the shown
+    top-1 being on average 0.013 farther than the raw nearest (``benchmarks/bench_live.py``).
     """
 
     def __init__(self, k: int = 3, margin: float = 0.08, hold: int = 12):
