@@ -162,6 +162,34 @@ class FaceFinder:
         return faces
 
 
+#: Share of each side added as edge padding around a ready-made face crop before detection: on 48x48 FER+
+#: crops it lifts the detection rate from about 91% to 93% (the detector wants some context around a face).
+CROP_PAD = 1 / 6
+
+
+def detect_in_crop(finder: FaceFinder, crop: np.ndarray, pad: float = CROP_PAD) -> Face | None:
+    """The largest face in a ready-made face crop, found on the crop edge-padded by ``pad`` of each side.
+
+    Args:
+        crop: ``(H, W, 3) uint8`` RGB face crop (e.g. a 48x48 FER+ image).
+
+    Returns:
+        the face with landmarks, box and image size mapped back to the unpadded crop (landmarks may fall
+        slightly outside [0, 1]), or ``None`` when none is found.
+    """
+    h, w = crop.shape[:2]
+    py, px = max(1, round(h * pad)), max(1, round(w * pad))
+    found = finder.detect(np.pad(crop, ((py, py), (px, px), (0, 0)), mode="edge"))
+    if not found:
+        return None
+    face = max(found, key=lambda f: f.box[2] * f.box[3])
+    lm = face.landmarks.copy()
+    lm[:, 0] = (lm[:, 0] * (w + 2 * px) - px) / w
+    lm[:, 1] = (lm[:, 1] * (h + 2 * py) - py) / h
+    lm[:, 2] = lm[:, 2] * (w + 2 * px) / w
+    return Face(box_from_landmarks(lm, w, h), lm, face.blendshapes, face.transformation_matrix, (w, h))
+
+
 def box_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
     """Bounding box ``(x, y, w, h)`` in pixels of normalised landmarks ``(N, 3)``, clipped to the image."""
     x0 = int(np.clip(np.floor(landmarks[:, 0].min() * width), 0, width - 1))

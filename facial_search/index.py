@@ -170,6 +170,23 @@ class MemeIndex:
         self.files[source] = record
 
     # -- search -----------------------------------------------------------------------------------------
+    def distances(self, queries: np.ndarray) -> np.ndarray:
+        """Euclidean distances from every query to every indexed face.
+
+        Args:
+            queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
+
+        Returns:
+            ``(Q, N) float32``, columns in row order (:attr:`ids`); range [0, 2] for unit-norm embeddings.
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.shape[1] != self.embedder.dim:
+            raise ValueError(f"queries have dimension {q.shape[1]}, index has {self.embedder.dim}")
+        d2 = (q * q).sum(1)[:, None] + (self._emb * self._emb).sum(1)[None, :] - 2.0 * (q @ self._emb.T)
+        return np.sqrt(np.maximum(d2, 0.0))
+
     def search(self, queries: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-nearest neighbours by Euclidean distance.
 
@@ -182,25 +199,19 @@ class MemeIndex:
             embeddings), ascending per row; ids int64, ``-1`` (and distance ``inf``) where the index holds
             fewer than k faces.
         """
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.shape[1] != self.embedder.dim:
-            raise ValueError(f"queries have dimension {q.shape[1]}, index has {self.embedder.dim}")
         if k < 1:
             raise ValueError("k must be >= 1")
-        nq, n = len(q), len(self._ids)
+        d = self.distances(queries)
+        nq, n = d.shape
         dist = np.full((nq, k), np.inf, dtype=np.float32)
         out = np.full((nq, k), -1, dtype=np.int64)
         if n == 0 or nq == 0:
             return dist, out
-        d2 = (q * q).sum(1)[:, None] + (self._emb * self._emb).sum(1)[None, :] - 2.0 * (q @ self._emb.T)
-        d2 = np.maximum(d2, 0.0)
         kk = min(k, n)
-        part = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
-        order = np.take_along_axis(d2, part, 1).argsort(axis=1, kind="stable")
+        part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
+        order = np.take_along_axis(d, part, 1).argsort(axis=1, kind="stable")
         top = np.take_along_axis(part, order, 1)
-        dist[:, :kk] = np.sqrt(np.take_along_axis(d2, top, 1))
+        dist[:, :kk] = np.take_along_axis(d, top, 1)
         out[:, :kk] = self._ids[top]
         return dist, out
 

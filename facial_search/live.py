@@ -34,7 +34,7 @@ from .errors import LiveError
 from .faces import FaceFinder, FaceFinderOptions
 from .one_euro import OneEuroFilter, OneEuroParams
 from .overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
-from .tracking import MatchHysteresis, Tracker, distances_to_all
+from .tracking import MatchHysteresis, Tracker
 
 # ---------------------------------------------------------------------------------------------------------
 # Frames in
@@ -274,11 +274,8 @@ class LiveSession:
             FaceFinderOptions(model_path=self.config.model_path, max_faces=self.config.max_faces, running_mode="video")
         )
         self.tracker = Tracker(self.config.filter, max_missing=self.config.max_missing)
-        index = search.index
-        self._emb = np.ascontiguousarray(index.embeddings, dtype=np.float32)
-        self._sq = (self._emb * self._emb).sum(1)
-        self._ids = np.asarray(index.ids)
-        self._titles = [e.title for e in index.entries()]
+        self._ids = np.asarray(search.index.ids)
+        self._titles = [e.title for e in search.index.entries()]
         self._last_ms = -1
         self.timers = {"landmarks": 0.0, "track": 0.0, "embed": 0.0, "search": 0.0}
 
@@ -308,7 +305,7 @@ class LiveSession:
             if self.config.embedding_filter is not None:
                 emb = np.stack([self._smooth_embedding(tr, e, t) for tr, e in zip(due, emb, strict=True)])
             t3 = c()
-            dist = distances_to_all(emb, self._emb, self._sq)
+            dist = self.search.index.distances(emb)
             for tr, d in zip(due, dist, strict=True):
                 if tr.hysteresis is None:
                     margin, hold = self.config.hysteresis or (0.0, 1)

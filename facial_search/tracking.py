@@ -270,13 +270,3 @@ class MatchHysteresis:
             rows = np.array([top], dtype=np.int64)
         self.shown = [int(r) for r in rows]
         return rows, d[rows]
-
-
-def distances_to_all(queries: np.ndarray, embeddings: np.ndarray, sq_norms: np.ndarray | None = None) -> np.ndarray:
-    """Euclidean distances ``(Q, N) float32`` from ``queries (Q, D)`` to ``embeddings (N, D)`` (the same
-    metric as :meth:`facial_search.index.MemeIndex.search`); ``sq_norms`` = precomputed ``|e|^2`` ``(N,)``."""
-    q = np.asarray(queries, dtype=np.float32)
-    if sq_norms is None:
-        sq_norms = (embeddings * embeddings).sum(1)
-    d2 = (q * q).sum(1)[:, None] + sq_norms[None, :] - 2.0 * (q @ embeddings.T)
-    return np.sqrt(np.maximum(d2, 0.0))

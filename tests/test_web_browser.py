@@ -99,14 +99,20 @@ def playwright():
         yield p
 
 
+def launch(playwright, camera, *, grant: bool = True):
+    """Debian's Chromium whose fake camera plays ``camera``; ``grant=False`` refuses camera access."""
+    permission = "--use-fake-ui-for-media-stream" if grant else "--deny-permission-prompts"
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[*BASE_FLAGS, permission, f"--use-file-for-fake-video-capture={camera}"],
+    )
+
+
 @pytest.fixture(scope="module")
 def browser(playwright, fake_camera):
     """Chromium whose camera is granted without a prompt and plays the video."""
-    b = playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        headless=True,
-        args=[*BASE_FLAGS, "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={fake_camera}"],
-    )
+    b = launch(playwright, fake_camera)
     yield b
     b.close()
 
@@ -293,11 +299,7 @@ def test_dropped_photo_without_a_face_says_so(browser, server, shared, shots):
 
 
 def test_refused_camera_is_said_plainly(playwright, fake_camera, server, shots):
-    b = playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        headless=True,
-        args=[*BASE_FLAGS, "--deny-permission-prompts", f"--use-file-for-fake-video-capture={fake_camera}"],
-    )
+    b = launch(playwright, fake_camera, grant=False)
     try:
         page = b.new_context(**PHONE).new_page()
         page.goto(server["url"] + "/")
@@ -311,11 +313,7 @@ def test_refused_camera_is_said_plainly(playwright, fake_camera, server, shots):
 
 def test_camera_without_a_face_says_so(playwright, shared, server, shots, tmp_path):
     camera = to_mjpeg(shared / "data" / "videos" / "no_face.mp4", tmp_path / "no_face.mjpeg")
-    b = playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        headless=True,
-        args=[*BASE_FLAGS, "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"],
-    )
+    b = launch(playwright, camera)
     try:
         page = b.new_context(**DESKTOP).new_page()
         log = SearchLog(page)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facial_search.faces import detect_in_crop
+
 SPLITS = ("FER2013Train", "FER2013Valid", "FER2013Test")
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache"
@@ -68,16 +70,9 @@ def detect_crop(finder, rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
 
     Returns ``(landmarks, how)`` with how = 1 (padded crop), 2 (plain crop), 0 (none found).
     """
-    h, w = rgb.shape[:2]
-    py, px = max(1, round(h / 6)), max(1, round(w / 6))
-    padded = np.pad(rgb, ((py, py), (px, px), (0, 0)), mode="edge")
-    faces = finder.detect(padded)
-    if faces:
-        lm = faces[0].landmarks.copy()
-        lm[:, 0] = (lm[:, 0] * (w + 2 * px) - px) / w
-        lm[:, 1] = (lm[:, 1] * (h + 2 * py) - py) / h
-        lm[:, 2] = lm[:, 2] * (w + 2 * px) / w
-        return lm, 1
+    face = detect_in_crop(finder, rgb)
+    if face is not None:
+        return face.landmarks, 1
     faces = finder.detect(rgb)
     if faces:
         return faces[0].landmarks.copy(), 2
