@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import mediapipe as mp
 import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
@@ -163,12 +164,37 @@ class FaceFinder:
 
 
 #: Share of each side added as edge padding around a ready-made face crop before detection: on 48x48 FER+
-#: crops it lifts the detection rate from about 91% to 93% (the detector wants some context around a face).
+#: crops it lifts the detection rate from about 88% to 92% (the detector wants some context around a face).
 CROP_PAD = 1 / 6
+
+#: Unsharp-mask strengths ``(amount, sigma px)`` tried, in order, on a crop where the plain one gives no face.
+#: Blurry crops (a 48x48 face halved and scaled back) defeat BlazeFace; sharpened, more are found. Measured on
+#: the first 400 FER2013Test crops: clean 92.0% -> 93.8%, halved-and-back 53.8% -> 73.3% with these tries
+#: and the unpadded crop last.
+CROP_SHARPEN = ((0.8, 1.0), (1.5, 1.0), (3.0, 1.5))
+
+
+def _unsharp(image: np.ndarray, amount: float, sigma: float) -> np.ndarray:
+    return cv2.addWeighted(image, 1 + amount, cv2.GaussianBlur(image, (0, 0), sigma), -amount, 0)
+
+
+def _crop_views(crop: np.ndarray, pad: float):
+    """The images :func:`detect_in_crop` tries, lazily, each with its top and left padding in pixels."""
+    h, w = crop.shape[:2]
+    py, px = max(1, round(h * pad)), max(1, round(w * pad))
+    padded = np.pad(crop, ((py, py), (px, px), (0, 0)), mode="edge")
+    yield padded, py, px
+    for amount, sigma in CROP_SHARPEN:
+        yield _unsharp(padded, amount, sigma), py, px
+    yield crop, 0, 0
 
 
 def detect_in_crop(finder: FaceFinder, crop: np.ndarray, pad: float = CROP_PAD) -> Face | None:
-    """The largest face in a ready-made face crop, found on the crop edge-padded by ``pad`` of each side.
+    """The largest face in a ready-made face crop (a FER+ image, a face someone cut out).
+
+    Tried in order until one finds a face: the crop edge-padded by ``pad`` of each side; the same sharpened
+    by each :data:`CROP_SHARPEN` unsharp mask; the crop as it is. Only the detection sees the sharpened
+    pixels: the returned landmarks are positions, which the embedder reads from the original crop.
 
     Args:
         crop: ``(H, W, 3) uint8`` RGB face crop (e.g. a 48x48 FER+ image).
@@ -178,15 +204,15 @@ def detect_in_crop(finder: FaceFinder, crop: np.ndarray, pad: float = CROP_PAD) 
         slightly outside [0, 1]), or ``None`` when none is found.
     """
     h, w = crop.shape[:2]
-    py, px = max(1, round(h * pad)), max(1, round(w * pad))
-    found = finder.detect(np.pad(crop, ((py, py), (px, px), (0, 0)), mode="edge"))
+    detections = ((finder.detect(view), ty, tx) for view, ty, tx in _crop_views(crop, pad))
+    found, ty, tx = next((d for d in detections if d[0]), ([], 0, 0))
     if not found:
         return None
     face = max(found, key=lambda f: f.box[2] * f.box[3])
     lm = face.landmarks.copy()
-    lm[:, 0] = (lm[:, 0] * (w + 2 * px) - px) / w
-    lm[:, 1] = (lm[:, 1] * (h + 2 * py) - py) / h
-    lm[:, 2] = lm[:, 2] * (w + 2 * px) / w
+    lm[:, 0] = (lm[:, 0] * (w + 2 * tx) - tx) / w
+    lm[:, 1] = (lm[:, 1] * (h + 2 * ty) - ty) / h
+    lm[:, 2] = lm[:, 2] * (w + 2 * tx) / w
     return Face(box_from_landmarks(lm, w, h), lm, face.blendshapes, face.transformation_matrix, (w, h))
 
 

@@ -43,7 +43,8 @@ class Pipeline:
 
     def faces(self, image: np.ndarray, *, cropped: bool = False) -> list[Face]:
         """Faces in ``image`` (``(H, W, 3) uint8``). With ``cropped=True`` the image is a ready-made face
-        crop: it is edge-padded before detection, and when no face is found the whole image is the face."""
+        crop (:func:`facial_search.faces.detect_in_crop`: padded, sharpened, plain), and when no face is found
+        the whole image is the face."""
         if not cropped:
             return self.finder.detect(image)
         face = detect_in_crop(self.finder, image)

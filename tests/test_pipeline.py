@@ -11,7 +11,7 @@ from conftest import FACES, FERPLUS
 from facial_search.embedders import get_embedder
 from facial_search.errors import EmbedderMismatchError, NoFaceError
 from facial_search.evaluate import Triplet, evaluate, transform_image, triplet_accuracy
-from facial_search.faces import NUM_BLENDSHAPES, NUM_LANDMARKS
+from facial_search.faces import CROP_PAD, NUM_BLENDSHAPES, NUM_LANDMARKS, _crop_views, detect_in_crop
 from facial_search.imageio import load_image
 from facial_search.index import EmbedderInfo, MemeIndex
 from facial_search.pipeline import FacialSearch, Pipeline
@@ -49,6 +49,21 @@ def test_cropped_mode_never_returns_no_face(pipeline):
         assert len(faces) == 1
         if faces[0].landmarks is not None:  # landmarks mapped back into the unpadded crop
             assert 0.0 < np.median(faces[0].landmarks[:, 0]) < 1.0
+
+
+def test_crop_detector_finds_blurry_crops_by_sharpening(pipeline):
+    """A FER+ crop halved and scaled back defeats the detector on the padded crop alone; the sharpened tries
+    of detect_in_crop find more of them, with landmarks in the crop's own frame."""
+    plain = tried = 0
+    for name in sorted((FERPLUS / "FER2013Valid").glob("*.png"))[:60]:
+        blurry = transform_image(load_image(name), "downscale2")
+        padded, py, px = next(_crop_views(blurry, CROP_PAD))
+        plain += bool(pipeline.finder.detect(padded))
+        face = detect_in_crop(pipeline.finder, blurry)
+        if face is not None:
+            tried += 1
+            assert face.image_size == (48, 48) and 0.2 < np.median(face.landmarks[:, 0]) < 0.8
+    assert tried >= plain + 3, (plain, tried)
 
 
 def test_happy_path(meme_index):

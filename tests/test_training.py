@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from pathlib import Path
@@ -40,14 +39,14 @@ def test_train_few_steps_and_export(tmp_path, monkeypatch):
         for i in range(0, 9, 3):
             w.writerow([names[i], names[i + 1], names[i + 2], "ab", "ONE_CLASS"])
     out = tmp_path / "m.onnx"
-    summary = train.train(
-        argparse.Namespace(
-            out=str(out), seed=0, epochs=1, batch=8, lr=1e-3, wd=5e-4, w_dist=1.0, w_trip=1.0, threads=1, p_whole=0.15, p_down2=0.25,
-            limit=24, max_steps=2, cache=str(cache), valid_split="FER2013Valid", valid_triplets=str(trip),
-            report_test=False, save_torch=False, export_every_best=False, log=str(tmp_path / "log.json"),
-        )
+    args = train.parse_args(
+        ["--out", str(out), "--epochs", "1", "--batch", "8", "--lr", "1e-3", "--threads", "1", "--limit", "24",
+         "--max-steps", "2", "--cache", str(cache), "--valid-triplets", str(trip), "--calibration", "9",
+         "--fp32-out", str(tmp_path / "m.fp32.onnx"), "--log", str(tmp_path / "log.json")]
     )  # fmt: skip
+    summary = train.train(args)
     assert out.exists() and out.stat().st_size < 10 * 2**20
+    assert (tmp_path / "m.fp32.onnx").exists()  # the float graph the int8 one was quantised from
     assert 0.0 <= summary["history"][0]["valid"]["emb"]["overall"] <= 1.0
     emb = ExpressionEmbedder(model_file=out)
     x = np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.float32)

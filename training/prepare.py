@@ -1,11 +1,10 @@
 """Detect and align every FER+ image once; cache uint8 arrays under ``training/cache/``.
 
-Stage 1 (``landmarks_<split>.npz``): MediaPipe FaceLandmarker (IMAGE mode, one face) on each 48x48 crop,
-edge-padded by 1/6 of its side on every side (detection ~93 % instead of ~91 % unpadded), landmarks mapped
-back to the crop's own normalised coordinates; when the padded crop gives nothing, the plain crop is tried.
-Two worker processes.
+Stage 1 (``landmarks_<split>_v2.npz``): MediaPipe FaceLandmarker (IMAGE mode, one face) on each 48x48 crop
+through :func:`facial_search.faces.detect_in_crop`, the run-time crop detector (edge-padded crop, then
+sharpened, then plain), landmarks in the crop's own normalised coordinates. Two worker processes.
 
-Stage 2 (``aligned_<split>.npz``): :func:`facial_search.align.align_face` on each crop with its landmarks
+Stage 2 (``aligned_<split>_48_v2.npz``): :func:`facial_search.align.align_face` on each crop with its landmarks
 (or the whole crop when none were found) -- exactly the run-time recipe --, the whole crop resized (the
 fallback path, used as an augmentation) and the 10 FER+ vote counts.
 
@@ -28,6 +27,20 @@ import numpy as np
 from facial_search.faces import detect_in_crop
 
 SPLITS = ("FER2013Train", "FER2013Valid", "FER2013Test")
+
+#: Bumped whenever detection or alignment changes, so that a cache made by older code is never reused
+#: (v2: the sharpening tries of :func:`facial_search.faces.detect_in_crop`).
+CACHE_VERSION = 2
+
+
+def landmarks_file(split: str, cache: Path | None = None) -> Path:
+    return (cache or CACHE) / f"landmarks_{split}_v{CACHE_VERSION}.npz"
+
+
+def aligned_file(split: str, size: int, cache: Path | None = None) -> Path:
+    return (cache or CACHE) / f"aligned_{split}_{size}_v{CACHE_VERSION}.npz"
+
+
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache"
 
@@ -68,15 +81,11 @@ def _init_worker() -> None:
 def detect_crop(finder, rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
     """Landmarks ``(478, 3)`` of a ready-made face crop in its own normalised coordinates, or None.
 
-    Returns ``(landmarks, how)`` with how = 1 (padded crop), 2 (plain crop), 0 (none found).
+    Returns ``(landmarks, how)`` with how = 1 (found by :func:`facial_search.faces.detect_in_crop`, the
+    run-time crop detector) or 0 (none found).
     """
     face = detect_in_crop(finder, rgb)
-    if face is not None:
-        return face.landmarks, 1
-    faces = finder.detect(rgb)
-    if faces:
-        return faces[0].landmarks.copy(), 2
-    return None, 0
+    return (face.landmarks, 1) if face is not None else (None, 0)
 
 
 def _detect_one(path: str):
@@ -87,7 +96,7 @@ def _detect_one(path: str):
 
 
 def detect_split(split: str, workers: int = 2) -> Path:
-    out = CACHE / f"landmarks_{split}.npz"
+    out = landmarks_file(split)
     if out.exists():
         return out
     root = data_dir()
@@ -105,14 +114,14 @@ def detect_split(split: str, workers: int = 2) -> Path:
                 print(f"  {split}: {i + 1}/{len(paths)} {time.time() - t0:.0f}s", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, names=np.asarray(names), landmarks=lms, how=how)
-    print(f"{split}: detected {np.mean(how > 0):.3f} (padded {np.mean(how == 1):.3f}) in {time.time() - t0:.0f}s")
+    print(f"{split}: detected {np.mean(how > 0):.3f} in {time.time() - t0:.0f}s")
     return out
 
 
 def measure_template(split: str = "FER2013Train") -> np.ndarray:
     from facial_search.align import ALIGN_LANDMARKS
 
-    d = np.load(CACHE / f"landmarks_{split}.npz")
+    d = np.load(landmarks_file(split))
     lm = d["landmarks"][d["how"] > 0][:, list(ALIGN_LANDMARKS), :2]
     return np.median(lm, axis=0)
 
@@ -122,12 +131,12 @@ def align_split(split: str, size: int | None = None) -> Path:
     from facial_search.imageio import load_image
 
     size = size or DEFAULT_SIZE
-    out = CACHE / f"aligned_{split}_{size}.npz"
+    out = aligned_file(split, size)
     if out.exists():
         return out
     root = data_dir()
     names, votes = read_labels(split, root)
-    with np.load(CACHE / f"landmarks_{split}.npz") as d:  # read each array once (npz keys decompress)
+    with np.load(landmarks_file(split)) as d:  # read each array once (npz keys decompress)
         assert list(d["names"]) == names
         lms, how = d["landmarks"], d["how"]
     imgs = np.zeros((len(names), size, size), dtype=np.uint8)
@@ -159,7 +168,7 @@ def write_subset_cache(split: str, n: int, out_dir: Path, finder, root: Path | N
         imgs[i] = align_face(rgb, lm, size)
         whole[i] = align_face(rgb, None, size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"aligned_{split}_{size}.npz"
+    out = aligned_file(split, size, out_dir)
     np.savez_compressed(out, names=np.asarray(names), images=imgs, whole=whole, votes=votes, how=how)
     return out
 

@@ -1,6 +1,6 @@
 """Train the ``expression`` embedder on FER+ (FER2013Train), select on FER2013Valid, export ONNX.
 
-    python -m training.train --out facial_search/models/expression-v1.onnx
+    FACIAL_SEARCH_MODELS=../shared/models python -m training.train --seed 0 --report-test
 
 Recipe (one seeded command; prepares the aligned-face cache first if missing, see training/prepare.py):
 
@@ -12,10 +12,13 @@ Recipe (one seeded command; prepares the aligned-face cache first if missing, se
   + distance regression: ``||z_i - z_j||`` towards ``DIST_SCALE * TV(p_i, p_j)`` over all pairs of the batch
   + a batch-all triplet hinge (anchor i, pairs j, k with TV_ij < TV_ik - 0.1, margin grows with the TV gap);
   images with >1 unknown/not-a-face vote are dropped (as in the triplet protocol);
-- augmentation: mirror, scale/rotation/shift jitter, brightness/contrast/gamma with clipping, 2x down-up /
-  blur, noise, and the whole (unaligned) crop instead of the aligned face 15 % of the time;
-- AdamW + one-cycle LR, batch 128, fixed epochs; the epoch with the best FER2013Valid triplet accuracy is
-  exported; the ONNX graph averages the embedding of the face and its mirror image.
+- augmentation: mirror, scale/rotation/shift jitter, brightness/contrast/gamma with clipping, 2x down-up
+  (box or antialiased bilinear, 35 %), 3x down-up, blur, noise, and the whole (unaligned) crop instead of the
+  aligned face 30 % of the time (the run-time fallback when the detector misses a crop);
+- AdamW + one-cycle LR, batch 128, 25 epochs; an exponential moving average of the weights (decay 0.998 per
+  step) is what gets evaluated, selected (best FER2013Valid triplet accuracy) and exported; the ONNX graph
+  averages the embedding of the face and its mirror image and is quantised to int8 (ONNX Runtime static
+  quantisation, calibrated on FER2013Valid faces).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class ExportWrapper(nn.Module):
 
 
 def load_split(split: str, cache: Path | None = None):
-    d = np.load((cache or prepare.CACHE) / f"aligned_{split}_{SIZE}.npz")
+    d = np.load(prepare.aligned_file(split, SIZE, cache))
     votes = d["votes"].astype(np.float32)
     emo = votes[:, :8]
     s = emo.sum(1, keepdims=True)
@@ -134,7 +137,7 @@ def triplet_accuracy(emb: np.ndarray, names: list[str], triplets) -> dict[str, f
 
 
 def augment(
-    x: torch.Tensor, whole: torch.Tensor, g: torch.Generator, p_whole: float = 0.15, p_down2: float = 0.25
+    x: torch.Tensor, whole: torch.Tensor, g: torch.Generator, p_whole: float = 0.3, p_down2: float = 0.35
 ) -> torch.Tensor:
     """Batch (N, 1, S, S) float 0..255 -> augmented copy (see module docstring)."""
     n = x.shape[0]
@@ -154,12 +157,18 @@ def augment(
     # resolution: 2x down-up (p_down2), 3x down-up (10 %), light blur (15 %)
     r = u(n).view(n, 1, 1, 1)
     s = x.shape[-1]
-    d2 = F.interpolate(F.avg_pool2d(x, 2), size=(s, s), mode="bilinear", align_corners=False)
+    # half size by box or antialiased bilinear (as PIL's resize does), back up bilinear
+    half = torch.where(
+        (u(n) < 0.5).view(n, 1, 1, 1),
+        F.avg_pool2d(x, 2),
+        F.interpolate(x, size=(s // 2, s // 2), mode="bilinear", antialias=True, align_corners=False),
+    )
+    d2 = F.interpolate(half, size=(s, s), mode="bilinear", align_corners=False)
     d3 = F.interpolate(F.interpolate(x, size=(s // 3, s // 3), mode="area"), size=(s, s), mode="bilinear",
                        align_corners=False)  # fmt: skip
     k = torch.tensor([1.0, 2.0, 1.0]) / 4
     blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :]).view(1, 1, 3, 3))
-    x = torch.where(r < p_down2 + 0.25, blur, x)
+    x = torch.where(r < p_down2 + 0.2, blur, x)
     x = torch.where(r < p_down2 + 0.1, d3, x)
     x = torch.where(r < p_down2, d2, x)
     # photometric: gamma, contrast, brightness, noise, clip
@@ -218,6 +227,20 @@ def evaluate(model, data, triplets) -> dict:
     return {"emb": res, "probs": res_p}
 
 
+def evaluate_onnx(path: Path, data, triplets) -> dict:
+    """:func:`evaluate` with the exported graph under ONNX Runtime (what ships)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = data["images"].astype(np.float32)
+    outs = [sess.run(None, {"image": x[i : i + 512]}) for i in range(0, len(x), 512)]
+    emb = np.concatenate([o[0] for o in outs])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    probs = np.concatenate([o[1] for o in outs])
+    return {"emb": triplet_accuracy(emb, data["names"], triplets),
+            "probs": triplet_accuracy(probs, data["names"], triplets)}  # fmt: skip
+
+
 def export_onnx(model: ExpressionNet, path: Path) -> None:
     wrap = ExportWrapper(model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +259,31 @@ def export_onnx(model: ExpressionNet, path: Path) -> None:
         e = m.metadata_props.add()
         e.key, e.value = k, v
     onnx.save(m, str(path))
+
+
+def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> None:
+    """Static int8 quantisation (ONNX Runtime, QDQ, per-channel weights) of the exported graph, activation
+    ranges calibrated on ``calibration`` ``(N, 48, 48)`` uint8 aligned faces (FER2013Valid, never test).
+    About 1.8x faster on CPU; the triplet accuracy of v1 moved by 0.0001 on FER2013Test."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            x = calibration.astype(np.float32)
+            self.batches = iter([{"image": x[i : i + 32]} for i in range(0, len(x), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    pre = out_path.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(float_path), str(pre))
+        quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "Relu", "MaxPool", "GlobalAveragePool"])  # fmt: skip
+    finally:
+        pre.unlink(missing_ok=True)
 
 
 def train(args) -> dict:
@@ -257,6 +305,10 @@ def train(args) -> dict:
     W = torch.from_numpy(tr["whole"][keep]).float().unsqueeze(1)
     P = torch.from_numpy(tr["p"][keep])
     model = ExpressionNet()
+    # exponential moving average of the weights (and BatchNorm statistics): evaluated, selected and exported
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     steps_per_epoch = max(1, len(keep) // args.batch)
     total = steps_per_epoch * args.epochs
@@ -279,54 +331,71 @@ def train(args) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            ema.update_parameters(model)
             step += 1
             for k in agg:
                 agg[k] += parts[k] / steps_per_epoch
-        model.eval()
-        res = evaluate(model, va, trip_va)
+        net = ema.module if args.ema > 0 else model
+        net.eval()
+        res = evaluate(net, va, trip_va)
         score = res["emb"]["overall"] + 0.5 * res["emb"].get("ONE_CLASS", 0)
         history.append({"epoch": ep + 1, "time_s": round(time.time() - t0), **{k: round(v, 4) for k, v in agg.items()},
                         "valid": res})  # fmt: skip
         print(json.dumps(history[-1]), flush=True)
         if score > best:
             best = score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             if args.export_every_best:  # something usable even if the run is cut short
-                export_onnx(model, Path(args.out))
+                export_onnx(net, Path(args.out))
         if args.max_steps and step >= args.max_steps:
             break
     model.load_state_dict(best_state)
     model.eval()
     out = Path(args.out)
     export_onnx(model, out)
+    if args.int8:
+        fp32 = Path(args.fp32_out or f"training/runs/{out.stem}.fp32.onnx")
+        fp32.parent.mkdir(parents=True, exist_ok=True)
+        out.replace(fp32)
+        calib = va["images"][np.random.default_rng(args.seed).permutation(len(va["images"]))[: args.calibration]]
+        quantize_int8(fp32, out, calib)
     if args.save_torch:
-        torch.save(model.state_dict(), out.with_suffix(".pt"))
+        torch.save(model.state_dict(), f"training/runs/{out.stem}.pt")
     summary = {"best_valid": max(history, key=lambda h: h["valid"]["emb"]["overall"]
                                  + 0.5 * h["valid"]["emb"].get("ONE_CLASS", 0)),
                "train_s": round(time.time() - t0), "args": vars(args), "history": history}  # fmt: skip
     if args.report_test:
         te = load_split("FER2013Test", cache)
-        summary["test_cached"] = evaluate(model, te, read_triplets(prepare.data_dir() / "triplets_test.csv"))
-        print("test (cached aligned faces):", json.dumps(summary["test_cached"]))
+        summary["test_cached"] = evaluate_onnx(out, te, read_triplets(prepare.data_dir() / "triplets_test.csv"))
+        print(f"test (cached aligned faces, {out.name}):", json.dumps(summary["test_cached"]))
     if args.log:
         Path(args.log).parent.mkdir(parents=True, exist_ok=True)
         Path(args.log).write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Train the expression embedder (see module docstring).")
-    ap.add_argument("--out", default="facial_search/models/expression-v1.onnx")
+    ap.add_argument("--out", default="facial_search/models/expression-v2.onnx")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--wd", type=float, default=5e-4)
     ap.add_argument("--w-dist", type=float, default=1.0)
     ap.add_argument("--w-trip", type=float, default=1.0)
+    ap.add_argument("--ema", type=float, default=0.998, help="weight EMA decay per step (0: off)")
+    ap.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ship the int8-quantised graph (the float one goes to --fp32-out)",
+    )
+    ap.add_argument("--fp32-out", default=None, help="float graph (default training/runs/<out>.fp32.onnx)")
+    ap.add_argument("--calibration", type=int, default=512, help="FER2013Valid faces to calibrate int8 with")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--p-whole", type=float, default=0.15, help="share of whole (unaligned) crops")
-    ap.add_argument("--p-down2", type=float, default=0.25, help="share of 2x down-up images")
+    ap.add_argument("--p-whole", type=float, default=0.3, help="share of whole (unaligned) crops")
+    ap.add_argument("--p-down2", type=float, default=0.35, help="share of 2x down-up images")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (tests)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (tests)")
     ap.add_argument("--cache", default=None, help="folder of aligned_*.npz (default: training/cache, prepared)")
@@ -336,7 +405,11 @@ def main(argv=None) -> None:
     ap.add_argument("--save-torch", action="store_true")
     ap.add_argument("--export-every-best", action="store_true", help="export ONNX at each new best epoch")
     ap.add_argument("--log", default="training/runs/train_log.json")
-    train(ap.parse_args(argv))
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    train(parse_args(argv))
 
 
 if __name__ == "__main__":
