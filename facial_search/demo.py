@@ -92,7 +92,7 @@ def download_memes(
 
 def run_demo(args) -> int:
     from . import render
-    from .errors import NoFaceError
+    from .errors import EmbedderMismatchError, NoFaceError
     from .pipeline import FacialSearch, build_index, find_images
 
     out = Path(args.out)
@@ -118,7 +118,12 @@ def run_demo(args) -> int:
 
     index_path = out / "memes.fsindex"
     print(f"indexing {memes} -> {index_path}", file=sys.stderr)
-    index, report = build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
+    try:
+        index, report = build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
+    except EmbedderMismatchError as e:  # the demo's own index, made by an older model: start it again
+        print(f"{e.args[0].split(';')[0]}: rebuilding it", file=sys.stderr)
+        index_path.unlink()
+        index, report = build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
     print(
         f"index: {len(index.files)} images, {len(index)} faces ({len(index.skipped)} images without a face or unreadable)"
     )

@@ -12,6 +12,7 @@ from argparse import Namespace
 from conftest import FACES, MEMES
 
 from facial_search.demo import download_memes, meme_list, run_demo
+from facial_search.index import MemeIndex
 
 
 def test_demo_page_has_three_matches_per_face(sample_memes, tmp_path):
@@ -24,7 +25,13 @@ def test_demo_page_has_three_matches_per_face(sample_memes, tmp_path):
     for n in ("multi_face.jpg", "0-f1-su-ph.jpg", "free-mountain-vector-01.jpg"):
         shutil.copy(FACES / n, photos / n)
     out = tmp_path / "out"
+    # an index left by another embedder (an older model) is the demo's own: rebuilt, not an error
+    assert (
+        run_demo(Namespace(memes=str(memes), photos=str(photos), out=str(out), k=3, embedder="blendshapes", model=None))
+        == 0
+    )
     assert run_demo(Namespace(memes=str(memes), photos=str(photos), out=str(out), k=3, embedder=None, model=None)) == 0
+    assert MemeIndex.load(out / "memes.fsindex").embedder.name == "expression"
     page = (out / "index.html").read_text()
     faces = page.count("class=face ")
     assert faces >= 3  # multi_face (2+) and the surprised face

@@ -118,4 +118,5 @@ def test_eval_on_real_triplets_beats_chance(tmp_path):
         w.writerows(rows)
     report = evaluate(sub, FERPLUS / "FER2013Valid", cropped=True, workers=2, progress=False)
     assert report.n == 150  # every triplet counts, misses included
-    assert report.overall > 0.45  # chance is 0.333
+    # chance is 0.333; the shipped model scores ~0.90 on the whole valid set (150 triplets: SD ~0.025)
+    assert report.overall > 0.8

@@ -2,9 +2,10 @@
 
 Each face is aligned from its MediaPipe landmarks to the canonical FER+-framed template
 (:func:`facial_search.align.align_face`, 48x48 grey); a face without landmarks (a ready-made crop the
-detector missed) is the whole image. The network (``facial_search/models/expression-v1.onnx``, a small CNN
-trained on FER+ vote distributions, see ``facial_search/models/MODEL_CARD.md``) embeds the face and its
-mirror image and averages the two, so a mirrored face gets the same vector. No torch at run time.
+detector missed) is the whole image. The network (``facial_search/models/expression-v2.onnx``, a small CNN
+trained on FER+ vote distributions, int8-quantised, see ``facial_search/models/MODEL_CARD.md``) embeds the
+face and its mirror image and averages the two, so a mirrored face gets the same vector. No torch at run
+time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..faces import Face
 from . import l2_normalize
 
 #: File of the weights inside ``facial_search/models``.
-MODEL_FILE = "expression-v1.onnx"
+MODEL_FILE = "expression-v2.onnx"
 
 #: Emotion order of the ``probs`` output (FER+ label order, without unknown / not-a-face).
 EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
@@ -33,7 +34,7 @@ class ExpressionEmbedder:
     """64-d learned expression embedding (see module docstring). Not thread-safe: one per process/thread."""
 
     name = "expression"
-    version = "1"
+    version = "2"
     dim = 64
     size = DEFAULT_SIZE
 
