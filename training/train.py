@@ -6,7 +6,7 @@ Recipe (one seeded command; prepares the aligned-face cache first if missing, se
 
 - input: the aligned 48x48 grey face (:func:`facial_search.align.align_face`); each image is standardised
   (zero mean, unit std) inside the network, so brightness/contrast changes mostly cancel;
-- network: a small VGG-style CNN (16-32-64-128 channels, ~0.3 M parameters) -> 64-d unit-norm embedding
+- network: a small VGG-style CNN (24-48-96-192 channels, ~0.67 M parameters) -> 64-d unit-norm embedding
   ``z``; a linear head on ``z`` gives 8 emotion logits;
 - loss: soft-label cross-entropy against the FER+ vote distribution p (8 emotions, normalised)
   + distance regression: ``||z_i - z_j||`` towards ``DIST_SCALE * TV(p_i, p_j)`` over all pairs of the batch
@@ -16,9 +16,9 @@ Recipe (one seeded command; prepares the aligned-face cache first if missing, se
   (box or antialiased bilinear, 35 %), 3x down-up, blur, noise, and the whole (unaligned) crop instead of the
   aligned face 30 % of the time (the run-time fallback when the detector misses a crop);
 - AdamW + one-cycle LR, batch 128, 25 epochs; an exponential moving average of the weights (decay 0.998 per
-  step) is what gets evaluated, selected (best FER2013Valid triplet accuracy) and exported; the ONNX graph
-  averages the embedding of the face and its mirror image and is quantised to int8 (ONNX Runtime static
-  quantisation, calibrated on FER2013Valid faces).
+  step) is what gets evaluated, selected (best FER2013Valid triplet accuracy, overall + 0.5 x ONE_CLASS) and
+  exported; the ONNX graph averages the embedding of the face and its mirror image and is quantised to int8
+  (ONNX Runtime static quantisation, calibrated on FER2013Valid faces).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def conv_bn(i: int, o: int) -> list[nn.Module]:
 
 
 class ExpressionNet(nn.Module):
-    def __init__(self, widths=(16, 32, 64, 128), dim: int = 64, n_classes: int = 8):
+    def __init__(self, widths=(24, 48, 96, 192), dim: int = 64, n_classes: int = 8):
         super().__init__()
         a, b, c, d = widths
         self.features = nn.Sequential(
@@ -304,7 +304,7 @@ def train(args) -> dict:
     X = torch.from_numpy(tr["images"][keep]).float().unsqueeze(1)
     W = torch.from_numpy(tr["whole"][keep]).float().unsqueeze(1)
     P = torch.from_numpy(tr["p"][keep])
-    model = ExpressionNet()
+    model = ExpressionNet(widths=tuple(args.widths))
     # exponential moving average of the weights (and BatchNorm statistics): evaluated, selected and exported
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True
@@ -393,6 +393,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--fp32-out", default=None, help="float graph (default training/runs/<out>.fp32.onnx)")
     ap.add_argument("--calibration", type=int, default=512, help="FER2013Valid faces to calibrate int8 with")
+    ap.add_argument("--widths", type=int, nargs=4, default=[24, 48, 96, 192], help="channels of the 4 stages")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--p-whole", type=float, default=0.3, help="share of whole (unaligned) crops")
     ap.add_argument("--p-down2", type=float, default=0.35, help="share of 2x down-up images")
