@@ -6,7 +6,7 @@ Recipe (one seeded command; prepares the aligned-face cache first if missing, se
 
 - input: the aligned 48x48 grey face (:func:`facial_search.align.align_face`); each image is standardised
   (zero mean, unit std) inside the network, so brightness/contrast changes mostly cancel;
-- network: a small VGG-style CNN (24-48-96-192 channels, ~0.67 M parameters) -> 64-d unit-norm embedding
+- network: a small VGG-style CNN (28-56-112-224 channels, ~0.91 M parameters) -> 64-d unit-norm embedding
   ``z``; a linear head on ``z`` gives 8 emotion logits;
 - loss: soft-label cross-entropy against the FER+ vote distribution p (8 emotions, normalised)
   + distance regression: ``||z_i - z_j||`` towards ``DIST_SCALE * TV(p_i, p_j)`` over all pairs of the batch
@@ -46,7 +46,7 @@ def conv_bn(i: int, o: int) -> list[nn.Module]:
 
 
 class ExpressionNet(nn.Module):
-    def __init__(self, widths=(24, 48, 96, 192), dim: int = 64, n_classes: int = 8):
+    def __init__(self, widths=(28, 56, 112, 224), dim: int = 64, n_classes: int = 8):
         super().__init__()
         a, b, c, d = widths
         self.features = nn.Sequential(
@@ -393,7 +393,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--fp32-out", default=None, help="float graph (default training/runs/<out>.fp32.onnx)")
     ap.add_argument("--calibration", type=int, default=512, help="FER2013Valid faces to calibrate int8 with")
-    ap.add_argument("--widths", type=int, nargs=4, default=[24, 48, 96, 192], help="channels of the 4 stages")
+    ap.add_argument("--widths", type=int, nargs=4, default=[28, 56, 112, 224], help="channels of the 4 stages")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--p-whole", type=float, default=0.3, help="share of whole (unaligned) crops")
     ap.add_argument("--p-down2", type=float, default=0.35, help="share of 2x down-up images")
