@@ -217,7 +217,10 @@ class MemeIndex:
 
     # -- persistence ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically to ``path`` (temporary file in the same folder, fsync, rename)."""
+        """Write atomically to ``path`` (temporary file in the same folder, fsync, rename).
+
+        The temporary file is named ``<name>.<pid>.<random>.tmp``; one left by a writer that was killed
+        (SIGKILL, power loss) is removed by the next save once its process is gone."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -228,7 +231,7 @@ class MemeIndex:
             "entries": [asdict(self._entries[int(i)]) for i in self._ids],
             "files": {s: asdict(r) for s, r in self.files.items()},
         }
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
@@ -241,6 +244,7 @@ class MemeIndex:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        _remove_stale_tmp(path)
         _fsync_dir(path.parent)
 
     @classmethod
@@ -294,6 +298,28 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Delete ``<name>.<pid>.*.tmp`` files beside ``path`` whose writing process no longer exists."""
+    for tmp in path.parent.glob(f"{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 1 :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else (PermissionError), or not knowable here
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

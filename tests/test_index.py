@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -67,6 +70,19 @@ def test_save_load_roundtrip(tmp_path):
     assert np.array_equal(back.embeddings, idx.embeddings) and back.entries() == idx.entries()
     assert back.skipped == {"empty.jpg": "no face"} and back.next_id == 10
     assert [f.name for f in tmp_path.iterdir()] == ["x.fsindex"]  # no temporary file left
+
+
+def test_save_removes_temporary_files_of_dead_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    p = tmp_path / "x.fsindex"
+    stale = tmp_path / f"x.fsindex.{dead_pid}.abc123.tmp"  # a writer killed mid-save left it
+    live = tmp_path / f"x.fsindex.{os.getppid()}.def456.tmp"  # a writer that is still running: kept
+    other = tmp_path / "y.fsindex.1.ghi789.tmp"  # another index's file: not ours to touch
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    MemeIndex(INFO).save(p)
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["x.fsindex", live.name, other.name])
 
 
 def test_embedder_mismatch_says_reindex(tmp_path):
