@@ -22,6 +22,7 @@ import _common  # noqa: F401
 from _common import FACES, MEMES, SHARED
 
 from facial_search.embedders.expression import ExpressionEmbedder
+from facial_search.errors import ImageError
 from facial_search.faces import FaceFinder, FaceFinderOptions, detect_in_crop
 from facial_search.imageio import load_image
 
@@ -51,21 +52,20 @@ def main() -> None:
     embedders.update({Path(m).name: ExpressionEmbedder(model_file=m) for m in args.model})
     sets: dict[str, list] = {"photos": [], "memes": [], "FER+ crops": []}
     with FaceFinder.create_from_options(FaceFinderOptions(max_faces=5)) as finder:
-        for p in sorted(FACES.iterdir()):
-            try:
-                rgb = load_image(p)
-            except Exception:
-                continue
-            faces = finder.detect(rgb)
-            if faces:
-                sets["photos"].append((rgb, faces, lambda rgb=rgb: finder.detect(rgb)))
-        for p in sorted(MEMES.glob("*.jpg")):
-            if len(sets["memes"]) >= args.memes:
-                break
-            rgb = load_image(p)
-            faces = finder.detect(rgb)
-            if faces:
-                sets["memes"].append((rgb, faces, lambda rgb=rgb: finder.detect(rgb)))
+        for name, paths, most in (
+            ("photos", sorted(FACES.iterdir()), None),
+            ("memes", sorted(MEMES.glob("*.jpg")), args.memes),
+        ):
+            for p in paths:
+                if most is not None and len(sets[name]) >= most:
+                    break
+                try:
+                    rgb = load_image(p)
+                except ImageError:  # not an image we can read: not timed
+                    continue
+                faces = finder.detect(rgb)
+                if faces:
+                    sets[name].append((rgb, faces, lambda rgb=rgb: finder.detect(rgb)))
         for p in sorted((SHARED / "data" / "ferplus" / "FER2013Test").glob("*.png"))[: args.crops]:
             rgb = load_image(p)
             face = detect_in_crop(finder, rgb)

@@ -118,12 +118,16 @@ def run_demo(args) -> int:
 
     index_path = out / "memes.fsindex"
     print(f"indexing {memes} -> {index_path}", file=sys.stderr)
+
+    def index_memes():
+        return build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
+
     try:
-        index, report = build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
-    except EmbedderMismatchError as e:  # the demo's own index, made by an older model: start it again
-        print(f"{e.args[0].split(';')[0]}: rebuilding it", file=sys.stderr)
+        index, report = index_memes()
+    except EmbedderMismatchError:  # the demo's own index, made by an older model: start it again
+        print(f"{index_path} was made by another embedder: rebuilding it", file=sys.stderr)
         index_path.unlink()
-        index, report = build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
+        index, report = index_memes()
     print(
         f"index: {len(index.files)} images, {len(index)} faces ({len(index.skipped)} images without a face or unreadable)"
     )

@@ -220,11 +220,19 @@ def embed_array(model: nn.Module, images: np.ndarray, batch: int = 512) -> tuple
     return np.concatenate(embs), np.concatenate(probs)
 
 
+def _scores(emb: np.ndarray, probs: np.ndarray, data, triplets) -> dict:
+    """Triplet accuracy of the embedding and, for comparison, of the class probabilities."""
+    return {"emb": triplet_accuracy(emb, data["names"], triplets),
+            "probs": triplet_accuracy(probs, data["names"], triplets)}  # fmt: skip
+
+
+def selection_score(res: dict) -> float:
+    """What picks the exported epoch on FER2013Valid: overall + 0.5 x ONE_CLASS triplet accuracy (embedding)."""
+    return res["emb"]["overall"] + 0.5 * res["emb"].get("ONE_CLASS", 0)
+
+
 def evaluate(model, data, triplets) -> dict:
-    emb, probs = embed_array(model, data["images"])
-    res = triplet_accuracy(emb, data["names"], triplets)
-    res_p = triplet_accuracy(probs, data["names"], triplets)
-    return {"emb": res, "probs": res_p}
+    return _scores(*embed_array(model, data["images"]), data, triplets)
 
 
 def evaluate_onnx(path: Path, data, triplets) -> dict:
@@ -236,9 +244,7 @@ def evaluate_onnx(path: Path, data, triplets) -> dict:
     outs = [sess.run(None, {"image": x[i : i + 512]}) for i in range(0, len(x), 512)]
     emb = np.concatenate([o[0] for o in outs])
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    probs = np.concatenate([o[1] for o in outs])
-    return {"emb": triplet_accuracy(emb, data["names"], triplets),
-            "probs": triplet_accuracy(probs, data["names"], triplets)}  # fmt: skip
+    return _scores(emb, np.concatenate([o[1] for o in outs]), data, triplets)
 
 
 def export_onnx(model: ExpressionNet, path: Path) -> None:
@@ -264,7 +270,7 @@ def export_onnx(model: ExpressionNet, path: Path) -> None:
 def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> None:
     """Static int8 quantisation (ONNX Runtime, QDQ, per-channel weights) of the exported graph, activation
     ranges calibrated on ``calibration`` ``(N, 48, 48)`` uint8 aligned faces (FER2013Valid, never test).
-    About 1.8x faster on CPU; the triplet accuracy of v1 moved by 0.0001 on FER2013Test."""
+    About 2x faster on CPU; the FER2013Test triplet accuracy of v2 moved by -0.0002 (float 0.9149)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -338,7 +344,7 @@ def train(args) -> dict:
         net = ema.module if args.ema > 0 else model
         net.eval()
         res = evaluate(net, va, trip_va)
-        score = res["emb"]["overall"] + 0.5 * res["emb"].get("ONE_CLASS", 0)
+        score = selection_score(res)
         history.append({"epoch": ep + 1, "time_s": round(time.time() - t0), **{k: round(v, 4) for k, v in agg.items()},
                         "valid": res})  # fmt: skip
         print(json.dumps(history[-1]), flush=True)
@@ -361,8 +367,7 @@ def train(args) -> dict:
         quantize_int8(fp32, out, calib)
     if args.save_torch:
         torch.save(model.state_dict(), f"training/runs/{out.stem}.pt")
-    summary = {"best_valid": max(history, key=lambda h: h["valid"]["emb"]["overall"]
-                                 + 0.5 * h["valid"]["emb"].get("ONE_CLASS", 0)),
+    summary = {"best_valid": max(history, key=lambda h: selection_score(h["valid"])),
                "train_s": round(time.time() - t0), "args": vars(args), "history": history}  # fmt: skip
     if args.report_test:
         te = load_split("FER2013Test", cache)
