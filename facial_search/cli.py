@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image", metavar="IMAGE")
     s.add_argument("--index", required=True, metavar="INDEX")
     s.add_argument("-k", type=int, default=3, help="matches per face (default 3)")
+    s.add_argument("--all-faces", action="store_true",
+                   help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--out", metavar="FILE", help="draw the result: .png/.jpg picture or .html page")
     common(s)
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror the picture (default: on for a camera, off for a video)")  # fmt: skip
     s.add_argument("-k", type=int, default=3)
+    s.add_argument("--all-faces", action="store_true",
+                   help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip
     s.add_argument("--min-cutoff", type=float, default=None, help="One Euro filter min_cutoff, Hz")
     s.add_argument("--beta", type=float, default=None, help="One Euro filter beta (speed coefficient)")
     s.add_argument("--d-cutoff", type=float, default=None, help="One Euro filter d_cutoff, Hz")
@@ -129,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_index_summary(index, report, out) -> None:
     print(
-        f"{out}: {report.scanned} images scanned, {report.processed} processed, {report.unchanged} unchanged; "
-        f"+{report.added_faces} faces in {report.seconds:.1f} s"
+        f"{out}: {report.scanned} images scanned, {report.processed} processed, {report.unchanged} unchanged"
+        + (f", {report.removed} gone from the folder removed" if report.removed else "")
+        + f"; +{report.added_faces} faces in {report.seconds:.1f} s"
     )
     print(
         f"index: {len(index.files)} images, {len(index)} faces, {len(index.skipped)} skipped, embedder {index.embedder}"
@@ -159,7 +164,7 @@ def cmd_search(args) -> int:
     if args.k < 1:
         raise SystemExit("facial-search: error: -k must be >= 1")
     with FacialSearch.open(args.index, embedder=args.embedder, model_path=args.model) as fs:
-        result = fs.search(args.image, k=args.k)
+        result = fs.search(args.image, k=args.k, group_by_source=not args.all_faces)
         if args.out:
             from . import render
 

@@ -92,6 +92,7 @@ class MemeIndex:
         self._entries: dict[int, Entry] = {}
         self.files: dict[str, FileRecord] = {}
         self.next_id = 0
+        self._groups: np.ndarray | None = None
 
     # -- size and access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -124,6 +125,14 @@ class MemeIndex:
         """All entries in row order."""
         return [self._entries[int(i)] for i in self._ids]
 
+    def source_groups(self) -> np.ndarray:
+        """``(N,) int64`` group number of every row, in row order: the faces of one source image share a
+        number, numbers run from 0 to (number of sources - 1). Cached until the index changes."""
+        if self._groups is None:
+            sources = [self._entries[int(i)].source for i in self._ids]
+            self._groups = np.unique(np.asarray(sources, dtype=object), return_inverse=True)[1].astype(np.int64)
+        return self._groups
+
     @property
     def skipped(self) -> dict[str, str]:
         """``{source: reason}`` for files recorded as skipped (no face, unreadable, ...)."""
@@ -148,6 +157,7 @@ class MemeIndex:
             )
         self._emb = np.concatenate([self._emb, embeddings])
         self._ids = np.concatenate([self._ids, new_ids])
+        self._groups = None
         return new_ids
 
     def remove_ids(self, ids) -> int:
@@ -158,6 +168,7 @@ class MemeIndex:
         for i in self._ids[~keep]:
             del self._entries[int(i)]
         self._emb, self._ids = self._emb[keep], self._ids[keep]
+        self._groups = None
         return removed
 
     def remove_source(self, source: str) -> int:
@@ -187,40 +198,45 @@ class MemeIndex:
         d2 = (q * q).sum(1)[:, None] + (self._emb * self._emb).sum(1)[None, :] - 2.0 * (q @ self._emb.T)
         return np.sqrt(np.maximum(d2, 0.0))
 
-    def search(self, queries: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int = 3, *, group_by_source: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-nearest neighbours by Euclidean distance.
 
         Args:
             queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
             k: neighbours per query.
+            group_by_source: one neighbour per source image at most (its nearest face), so that a meme with
+                several faces fills one of the k places, not several (a "grouping search", as Milvus's
+                ``group_by_field``).
 
         Returns:
             ``(distances, ids)``, both ``(Q, k)``: distances float32 Euclidean (range [0, 2] for unit-norm
             embeddings), ascending per row; ids int64, ``-1`` (and distance ``inf``) where the index holds
-            fewer than k faces.
+            fewer than k faces (or k source images, when grouping).
         """
         if k < 1:
             raise ValueError("k must be >= 1")
         d = self.distances(queries)
-        nq, n = d.shape
-        dist = np.full((nq, k), np.inf, dtype=np.float32)
-        out = np.full((nq, k), -1, dtype=np.int64)
-        if n == 0 or nq == 0:
-            return dist, out
-        kk = min(k, n)
-        part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
-        order = np.take_along_axis(d, part, 1).argsort(axis=1, kind="stable")
-        top = np.take_along_axis(part, order, 1)
-        dist[:, :kk] = np.take_along_axis(d, top, 1)
-        out[:, :kk] = self._ids[top]
-        return dist, out
+        if not d.size:
+            return top_k(d, k)
+        rows = None
+        if group_by_source:
+            d, rows = group_min(d, self.source_groups())
+        dist, cols = top_k(d, k)
+        found = cols >= 0
+        if rows is not None:
+            cols = np.take_along_axis(rows, np.maximum(cols, 0), 1)
+        return dist, np.where(found, self._ids[np.maximum(cols, 0)], -1)
 
     # -- persistence ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically to ``path`` (temporary file in the same folder, fsync, rename).
 
         The temporary file is named ``<name>.<pid>.<random>.tmp``; one left by a writer that was killed
-        (SIGKILL, power loss) is removed by the next save once its process is gone."""
+        (SIGKILL, power loss) is removed by the next save once its process is gone. The file gets the
+        permissions of the index it replaces, or those of any new file (0666 less the umask), so that
+        another account (a web server) can read it as it could any file its owner makes."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -233,6 +249,7 @@ class MemeIndex:
         }
         fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         try:
+            _set_mode(fd, path)
             with os.fdopen(fd, "wb") as f:
                 with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
                     z.writestr("meta.json", json.dumps(meta))
@@ -294,10 +311,82 @@ class MemeIndex:
         return index
 
 
+def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k smallest of every row of ``distances`` ``(Q, N)``, ascending (ties: lower column first).
+
+    Returns:
+        ``(distances, columns)``, both ``(Q, k)``: float32, and int64 column numbers; ``inf`` and ``-1``
+        past the N-th when k > N.
+    """
+    nq, n = distances.shape
+    dist = np.full((nq, k), np.inf, dtype=np.float32)
+    cols = np.full((nq, k), -1, dtype=np.int64)
+    if n == 0 or nq == 0:
+        return dist, cols
+    kk = min(k, n)
+    part = np.argpartition(distances, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
+    order = np.take_along_axis(distances, part, 1).argsort(axis=1, kind="stable")
+    top = np.take_along_axis(part, order, 1)
+    dist[:, :kk] = np.take_along_axis(distances, top, 1)
+    cols[:, :kk] = top
+    return dist, cols
+
+
+def group_min(distances: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest member of every group, for every query.
+
+    Args:
+        distances: ``(Q, N)`` from Q queries to N rows.
+        groups: ``(N,)`` int group number of every row, every number in 0..G-1 used (e.g.
+            :meth:`MemeIndex.source_groups`).
+
+    Returns:
+        ``(distances, rows)``, both ``(Q, G)``: the smallest distance within each group, and the row it is at
+        (the first such row on a tie).
+    """
+    d = np.asarray(distances)
+    groups = np.asarray(groups, dtype=np.int64)
+    if d.shape[1] != len(groups):
+        raise ValueError(f"{d.shape[1]} distance columns but {len(groups)} groups")
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    ds = d[:, order]
+    mins = np.minimum.reduceat(ds, starts, axis=1)
+    counts = np.diff(np.r_[starts, len(order)])
+    pos = np.where(ds == np.repeat(mins, counts, axis=1), np.arange(len(order)), len(order))
+    return mins, order[np.minimum.reduceat(pos, starts, axis=1)]
+
+
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
+
+
+def _set_mode(fd: int, path: Path) -> None:
+    """Give the temporary file (``mkstemp`` makes it 0600) the mode the saved index should have."""
+    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes
+        return
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    os.fchmod(fd, mode)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
 
 
 def _remove_stale_tmp(path: Path) -> None:

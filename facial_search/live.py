@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import LiveError
 from .faces import FaceFinder, FaceFinderOptions
+from .index import group_min
 from .one_euro import OneEuroFilter, OneEuroParams
 from .overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
 from .tracking import MatchHysteresis, Tracker
@@ -206,6 +207,8 @@ class LiveConfig:
         embed_every: embed (and search) a track every this many frames; in between its matches are kept.
             Default 3: 8 updates a second at 24 frames/s, plenty for matches held by the hysteresis, and it
             keeps the live path within 20% of the bare landmarker (the learned embedding costs ~5 ms/face).
+        group_by_source: show k different meme images, each at its face nearest the track (as
+            :meth:`~facial_search.index.MemeIndex.search`); ``False``: the k nearest faces.
         max_faces: most faces per frame.
         max_missing: frames a track may be missed before it ends.
         model_path: ``face_landmarker.task`` (default: found by :mod:`facial_search.assets`).
@@ -216,6 +219,7 @@ class LiveConfig:
     hysteresis: tuple[float, int] | None = (0.08, 4)  # 4 updates x 3 frames: a new top-1 holds 0.5 s at 24 fps
     embedding_filter: OneEuroParams | None = field(default_factory=lambda: OneEuroParams(1.0, 0.0, 1.0))
     embed_every: int = 3
+    group_by_source: bool = True
     max_faces: int = 4
     max_missing: int = 5
     model_path: str | os.PathLike | None = None
@@ -306,11 +310,15 @@ class LiveSession:
                 emb = np.stack([self._smooth_embedding(tr, e, t) for tr, e in zip(due, emb, strict=True)])
             t3 = c()
             dist = self.search.index.distances(emb)
-            for tr, d in zip(due, dist, strict=True):
+            face_rows = np.tile(np.arange(dist.shape[1]), (len(dist), 1))
+            if self.config.group_by_source:  # the hysteresis then follows memes, not faces
+                dist, face_rows = group_min(dist, self.search.index.source_groups())
+            for tr, d, fr in zip(due, dist, face_rows, strict=True):
                 if tr.hysteresis is None:
                     margin, hold = self.config.hysteresis or (0.0, 1)
                     tr.hysteresis = MatchHysteresis(self.config.k, margin, hold)
-                rows, dd = tr.hysteresis.update(d)
+                shown, dd = tr.hysteresis.update(d)
+                rows = fr[shown]
                 tr.data["matches"] = [
                     ShownMatch(int(self._ids[r]), self._titles[r], float(x)) for r, x in zip(rows, dd, strict=True)
                 ]
@@ -450,6 +458,7 @@ def config_from_args(args) -> LiveConfig:
         hysteresis=None if args.no_hysteresis else LiveConfig.hysteresis,
         embedding_filter=None if args.no_hysteresis else LiveConfig().embedding_filter,
         embed_every=max(1, args.embed_every),
+        group_by_source=not args.all_faces,
         model_path=args.model,
     )
 

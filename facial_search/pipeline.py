@@ -168,8 +168,13 @@ class FacialSearch:
             MemeIndex.load(index_path, expect=expect)  # raises EmbedderMismatchError with the message
         return cls(index, pipeline, str(index_path))
 
-    def search(self, image: str | os.PathLike | bytes | np.ndarray, k: int = 3) -> SearchResult:
+    def search(
+        self, image: str | os.PathLike | bytes | np.ndarray, k: int = 3, *, group_by_source: bool = True
+    ) -> SearchResult:
         """Top-k memes for every face in ``image`` (a path, encoded bytes, or ``(H, W, 3) uint8`` RGB).
+
+        ``group_by_source`` (default): k different meme images, each at its face nearest the query; with
+        ``False`` the k nearest faces, which may include several faces of one meme.
 
         Raises:
             ImageError: the file cannot be decoded. NoFaceError: no face found.
@@ -179,12 +184,20 @@ class FacialSearch:
         faces = self.pipeline.faces(rgb)
         if not faces:
             raise NoFaceError(f"{name}: no face found")
-        return self.search_faces(rgb, faces, k=k, name=name)
+        return self.search_faces(rgb, faces, k=k, name=name, group_by_source=group_by_source)
 
-    def search_faces(self, rgb: np.ndarray, faces: Sequence[Face], k: int = 3, name: str = "<array>") -> SearchResult:
-        """Top-k memes for faces already found in ``rgb`` (used by video and the web app)."""
+    def search_faces(
+        self,
+        rgb: np.ndarray,
+        faces: Sequence[Face],
+        k: int = 3,
+        name: str = "<array>",
+        *,
+        group_by_source: bool = True,
+    ) -> SearchResult:
+        """Top-k memes for faces already found in ``rgb`` (used by video and the web app); as :meth:`search`."""
         emb = self.pipeline.embed(rgb, faces)
-        dist, ids = self.index.search(emb, k)
+        dist, ids = self.index.search(emb, k, group_by_source=group_by_source)
         out = []
         for face, e, drow, irow in zip(faces, emb, dist, ids, strict=True):
             matches = []
@@ -218,6 +231,7 @@ class IndexReport:
     scanned: int = 0
     unchanged: int = 0
     processed: int = 0
+    removed: int = 0
     added_faces: int = 0
     skipped: Counter = field(default_factory=Counter)
     skipped_files: dict[str, str] = field(default_factory=dict)
@@ -249,6 +263,19 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return [found[k] for k in sorted(found)]
+
+
+def gone_sources(recorded: Iterable[str], inputs: Iterable[str | os.PathLike], found: Iterable[Path]) -> list[str]:
+    """Recorded sources that lie under one of the folders in ``inputs``, are not among the images ``found``
+    there now and no longer exist (deleted, renamed, moved): what an update of the index removes. A file
+    still on disk (e.g. a hidden one indexed by name) is kept."""
+    folders = [Path(p).resolve() for p in inputs if Path(p).is_dir()]
+    present = {str(f) for f in found}
+    return sorted(
+        s
+        for s in recorded
+        if s not in present and any(Path(s).is_relative_to(d) for d in folders) and not os.path.lexists(s)
+    )
 
 
 def load_titles(csv_path: str | os.PathLike) -> dict[str, str]:
@@ -293,8 +320,10 @@ def build_index(
     """Index every face of every image in ``inputs`` into ``out`` (created or updated).
 
     An existing index is updated: files whose size and mtime are unchanged are not processed again, changed
-    files are re-indexed, new files added. Files that cannot be read or have no face are recorded as skipped
-    with a reason, never fatal. The index is saved atomically every ``checkpoint_seconds`` and at the end, so
+    files are re-indexed, new files added, and files recorded under a folder of ``inputs`` that are gone
+    from disk (deleted, renamed) are removed with their faces, so the index mirrors its folders; files
+    outside ``inputs`` are kept (one index can hold several folders). Files that cannot be read or have no
+    face are recorded as skipped with a reason, never fatal. The index is saved atomically every ``checkpoint_seconds`` and at the end, so
     an interrupted run keeps what it had done.
 
     Raises:
@@ -307,8 +336,12 @@ def build_index(
     out = Path(out)
     index = MemeIndex.load(out, expect=info) if out.exists() else MemeIndex(info)
     title_map = load_titles(titles) if titles else {}
+    inputs = list(inputs)
     files = find_images(inputs)
     report = IndexReport(scanned=len(files))
+    for source in gone_sources(index.files, inputs, files):
+        index.remove_source(source)
+        report.removed += 1
     todo = []
     for f in files:
         st = f.stat()
@@ -343,7 +376,7 @@ def build_index(
                 last_save = time.monotonic()
     finally:
         bar.close()
-        if report.processed or not out.exists():
+        if report.processed or report.removed or not out.exists():
             index.save(out)
         report.seconds = time.perf_counter() - t0
     return index, report

@@ -33,6 +33,7 @@ SAMPLE_MEMES = [
     "Good-Guy-Greg.jpg", "Ridiculously-Photogenic-Guy.jpg", "Oblivious-Hot-Girl.jpg", "Chef-Gordon-Ramsay.jpg",
     "Confession-Bear.jpg", "Skeptical-Baby.jpg", "Awkward-Moment-Sealion.jpg", "Unsettled-Tom.jpg",
     "Blank-Nut-Button.jpg", "Change-My-Mind.jpg", "Waiting-Skeleton.jpg", "Left-Exit-12-Off-Ramp.jpg",
+    "Matt-Damon-gets-older.jpg", "Is-Four-A-Lot.jpg", "Blinking-guy.jpg",  # several faces of one person
 ]  # fmt: skip
 
 

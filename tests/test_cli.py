@@ -129,6 +129,21 @@ def test_index_reports_and_skips_bad_files_then_adds_only_new(bad_files, sample_
     assert "1 processed, 12 unchanged" in r.stdout
     assert len(MemeIndex.load(out).files) == 13
 
+    other = tmp_path / "elsewhere"  # a file indexed from another folder stays
+    other.mkdir()
+    shutil.copy(sample_memes[5], other / sample_memes[5].name)
+    run("index", other, "--out", out, "--no-progress", check=True)
+    before = MemeIndex.load(out)
+    gone = (folder / "sub" / sample_memes[0].name).resolve()  # a meme deleted from the folder leaves the index
+    gone_faces = sum(e.source == str(gone) for e in before.entries())
+    gone.unlink()
+    r = run("index", folder, "--out", out, "--no-progress", check=True)
+    assert "0 processed, 12 unchanged, 1 gone from the folder removed" in r.stdout
+    after = MemeIndex.load(out)
+    assert gone_faces >= 1 and len(after) == len(before) - gone_faces
+    assert set(after.files) == set(before.files) - {str(gone)} and len(after.files) == 13
+    assert all(e.source != str(gone) for e in after.entries())
+
 
 def test_index_survives_sigkill(sample_memes, tmp_path):
     out = tmp_path / "k.fsindex"

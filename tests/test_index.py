@@ -47,6 +47,31 @@ def test_fewer_entries_than_k_pads_with_minus_one():
     assert MemeIndex(INFO).search(_unit(1), k=2)[1].tolist() == [[-1, -1]]
 
 
+def test_grouping_search_gives_each_source_once_at_its_nearest_face():
+    idx = MemeIndex(INFO)
+    x = _unit(60)
+    sources = [f"m{i % 7}.jpg" for i in range(60)]  # 7 memes, faces interleaved, 8-9 faces each
+    ids = idx.add(x, [{"source": s, "face": i, "box": (0, 0, 1, 1), "title": s} for i, s in enumerate(sources)])
+    q = _unit(4, seed=5)
+    dist, got = idx.search(q, k=5, group_by_source=True)
+    brute = np.linalg.norm(q[:, None] - x[None], axis=2)
+    for row in range(4):  # brute force: every source at its nearest face, then the 5 nearest sources
+        best = {}
+        for col in np.argsort(brute[row]):
+            best.setdefault(sources[col], col)
+        want = sorted(best.values(), key=lambda c: brute[row, c])[:5]
+        assert got[row].tolist() == ids[want].tolist()
+        assert np.allclose(dist[row], brute[row, want], atol=1e-5)
+        assert len({idx.entry(int(i)).source for i in got[row]}) == 5
+    plain = idx.search(q, k=5)[1]
+    assert any(len({sources[int(i)] for i in r}) < 5 for r in plain)  # without grouping a meme repeats
+    dist, got = idx.search(q, k=9, group_by_source=True)  # only 7 sources: padded
+    assert (got[:, 7:] == -1).all() and np.isinf(dist[:, 7:]).all() and (got[:, :7] >= 0).all()
+    idx.remove_source("m0.jpg")  # the grouping follows changes
+    assert "m0.jpg" not in {idx.entry(int(i)).source for i in idx.search(q, k=6, group_by_source=True)[1].ravel()}
+    assert MemeIndex(INFO).search(q, k=2, group_by_source=True)[1].tolist() == [[-1, -1]] * 4
+
+
 def test_remove_keeps_ids_stable_and_never_reuses():
     idx = MemeIndex(INFO)
     a = idx.add(_unit(3), _entries(3, "a.jpg"))
@@ -70,6 +95,25 @@ def test_save_load_roundtrip(tmp_path):
     assert np.array_equal(back.embeddings, idx.embeddings) and back.entries() == idx.entries()
     assert back.skipped == {"empty.jpg": "no face"} and back.next_id == 10
     assert [f.name for f in tmp_path.iterdir()] == ["x.fsindex"]  # no temporary file left
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_saved_index_has_the_usual_permissions(tmp_path):
+    """Not mkstemp's 0600: a new index gets 0666 less the umask, an existing one keeps its mode."""
+    idx = MemeIndex(INFO)
+    idx.add(_unit(2), _entries(2))
+    old = os.umask(0o022)
+    try:
+        idx.save(tmp_path / "new.fsindex")
+        os.umask(0o077)
+        idx.save(tmp_path / "private.fsindex")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.fsindex").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.fsindex").stat().st_mode & 0o777 == 0o600
+    os.chmod(tmp_path / "new.fsindex", 0o640)
+    idx.save(tmp_path / "new.fsindex")
+    assert (tmp_path / "new.fsindex").stat().st_mode & 0o777 == 0o640
 
 
 def test_save_removes_temporary_files_of_dead_writers(tmp_path):

@@ -134,6 +134,7 @@ def test_wolfgang_full_run_writes_video_and_log(tmp_path, meme_index, shared):
     assert set(face) == {"track", "box", "matches"} and len(face["box"]) == 4 and len(face["matches"]) == 3
     assert set(face["matches"][0]) == {"id", "title", "distance"} and 0 <= face["matches"][0]["distance"] <= 2
     assert len({f["track"] for x in lines for f in x["faces"]}) <= 2  # one person: one track (two at most)
+    assert all(len({m["title"] for m in f["matches"]}) == 3 for x in lines for f in x["faces"])  # 3 memes
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import FACES, FERPLUS
+from conftest import FACES, FERPLUS, MEMES
 
 from facial_search.embedders import get_embedder
 from facial_search.errors import EmbedderMismatchError, NoFaceError
@@ -74,6 +74,25 @@ def test_happy_path(meme_index):
         assert len(face.matches) == 3 and face.matches[0].distance <= face.matches[2].distance
         with pytest.raises(NoFaceError):
             fs.search(FACES / "free-mountain-vector-01.jpg")
+
+
+def test_search_gives_k_different_memes_unless_all_faces(meme_index):
+    """Searched with a meme of four faces of one man, each face's nearest faces are his other faces."""
+    with FacialSearch.open(meme_index) as fs:
+        photo = MEMES / "Matt-Damon-gets-older.jpg"
+        grouped = fs.search(photo, k=5)
+        every = fs.search(photo, k=len(fs.index), group_by_source=False)
+    assert len(grouped) == len(every) >= 2
+    assert any(len({m.source for m in fm.matches[:5]}) < 5 for fm in every)  # without grouping: repeats
+    for g, e in zip(grouped, every, strict=True):
+        assert g.matches[0].source == str(photo) and g.matches[0].distance < 1e-3  # the face itself
+        seen, first_faces = set(), []  # the faces ranking with every later face of a meme already seen dropped
+        for m in e.matches:
+            if m.source not in seen:
+                seen.add(m.source)
+                first_faces.append((m.id, m.distance))
+        assert [(m.id, m.distance) for m in g.matches] == first_faces[:5]
+        assert [m.rank for m in g.matches] == [1, 2, 3, 4, 5]
 
 
 def test_smile_is_nearer_smile_than_surprise():

@@ -119,6 +119,17 @@ def test_k(client, shared):
         assert post_image(client, data, k=bad).status_code == 422
 
 
+def test_k_different_memes_unless_all_faces(client, shared):
+    """The CLI's grouping: a meme of four faces of one man, searched with itself, fills the faces ranking."""
+    data = (shared / "data" / "memes" / "imgflip" / "Matt-Damon-gets-older.jpg").read_bytes()
+    grouped = post_image(client, data, k=4).json()["faces"]
+    every = post_image(client, data, k=4, all_faces="true").json()["faces"]
+    assert len(grouped) == len(every) >= 2
+    assert all(len({m["source"] for m in f["matches"]}) == 4 for f in grouped)
+    assert any(len({m["source"] for m in f["matches"]}) < 4 for f in every)
+    assert post_image(client, data, all_faces="maybe").status_code == 422
+
+
 def test_client_file_name_is_reduced_to_a_base_name(client, shared):
     data = (shared / "data" / "faces" / "single_face.jpg").read_bytes()
     assert post_image(client, data, name="../../etc/passwd").json()["image"] == "passwd"

@@ -4,7 +4,8 @@
 
 - ``GET /``: the page (``static/``: plain HTML, CSS and JS, no build step). The camera's frames, downscaled
   to about 320 px JPEG, go to ``POST /api/search`` several times a second, one request in flight at most.
-- ``POST /api/search`` (multipart field ``image``): the ``facial-search search --json`` document. A photo
+- ``POST /api/search`` (multipart field ``image``; query ``k``, default 3, and ``all_faces``, default false:
+  k different memes): the ``facial-search search --json`` document. A photo
   with no face is not an error here: 200 with ``"faces": []`` (the page says "no face seen"), unlike the CLI,
   which exits 1. Uploads over :data:`MAX_UPLOAD_BYTES` get 413 (counted while reading, whatever
   ``Content-Length`` says); a request that is not ``multipart/form-data`` or a file that is not an image
@@ -251,11 +252,11 @@ def create_app(index_path=None, *, pool: SearchPool | None = None, workers: int 
     def error(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
 
-    def run_search(data: bytes, k: int, name: str) -> dict:
+    def run_search(data: bytes, k: int, name: str, all_faces: bool) -> dict:
         with pool.checkout() as fs:  # decode inside the checkout too: at most `workers` decodes in memory
             rgb = load_image(data)
             faces = fs.pipeline.faces(rgb)
-            return fs.search_faces(rgb, faces, k=k, name=name).to_json()
+            return fs.search_faces(rgb, faces, k=k, name=name, group_by_source=not all_faces).to_json()
 
     search_doc = {
         "requestBody": {
@@ -311,13 +312,19 @@ def create_app(index_path=None, *, pool: SearchPool | None = None, workers: int 
     }
 
     @app.post("/api/search", openapi_extra=search_doc, summary="Top-k memes for every face in a photo")
-    async def api_search(request: Request, k: int = Query(3, ge=1, le=MAX_K, description="matches per face")):
+    async def api_search(
+        request: Request,
+        k: int = Query(3, ge=1, le=MAX_K, description="matches per face"),
+        all_faces: bool = Query(
+            False, description="the k nearest meme faces, even several of one meme (default: k different memes)"
+        ),
+    ):
         try:
             data, filename = await _read_image_part(request)
             if not data:
                 raise _HTTPError(422, "the 'image' field is empty")
             try:
-                return await run_in_threadpool(run_search, data, k, _safe_name(filename))
+                return await run_in_threadpool(run_search, data, k, _safe_name(filename), all_faces)
             except ImageError as e:
                 raise _image_error(e) from None
             except TimeoutError:
