@@ -3,7 +3,8 @@
 Both run in this process's session, one after the other, so the ratios hold on a shared, noisy machine:
 
 - per-core ratio = images/s of `facial-search index --workers 1` / images/s of the bare loop (goal >= 0.85);
-- two-core speed-up = images/s with `--workers 2` / with `--workers 1` (goal >= 1.6x).
+- two-core speed-up = images/s with `--workers 2` / with `--workers 1` (goal >= 1.6x);
+- the cost of the tiled retry (small faces, on by default): images/s with `--no-tiles` / without.
 
 The bare loop decodes each file with Pillow (RGB) and calls MediaPipe's FaceLandmarker.detect in IMAGE mode
 with the same options; `facial-search index` adds EXIF/mode handling, embedding, the index and its saves.
@@ -46,7 +47,7 @@ def bare_loop(files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def cli_index(files: list[Path], workers: int) -> float:
+def cli_index(files: list[Path], workers: int, *extra: str) -> float:
     """Seconds of a whole `facial-search index` run (process start included) into a fresh index."""
     with tempfile.TemporaryDirectory() as d:
         listing = Path(d) / "memes"
@@ -56,7 +57,7 @@ def cli_index(files: list[Path], workers: int) -> float:
         t0 = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "facial_search.cli", "index", str(listing), "--out", str(Path(d) / "x.fsindex"),
-             "--workers", str(workers), "--no-progress"],
+             "--workers", str(workers), "--no-progress", *extra],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         return time.perf_counter() - t0
@@ -74,18 +75,21 @@ def main() -> None:
         "bare FaceLandmarker loop (1 core)": [],
         "facial-search index --workers 1": [],
         "facial-search index --workers 2": [],
+        "facial-search index --workers 1 --no-tiles": [],
     }
     for r in range(args.rounds):
         rows["bare FaceLandmarker loop (1 core)"].append(n / bare_loop(files))
         rows["facial-search index --workers 1"].append(n / cli_index(files, 1))
         rows["facial-search index --workers 2"].append(n / cli_index(files, 2))
+        rows["facial-search index --workers 1 --no-tiles"].append(n / cli_index(files, 1, "--no-tiles"))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"{n} meme images, {args.rounds} round(s), medians")
     for k, v in med.items():
         print(f"  {k:<36} {v:7.1f} images/s")
-    bare, w1, w2 = med.values()
+    bare, w1, w2, w1_plain = med.values()
     print(f"per-core ratio (index --workers 1 / bare loop): {w1 / bare:.2f}   (goal >= 0.85)")
+    print(f"  the same with --no-tiles:                     {w1_plain / bare:.2f}")
     print(f"two-core speed-up (--workers 2 / --workers 1):  {w2 / w1:.2f}x  (goal >= 1.6x)")
 
 

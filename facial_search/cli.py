@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--titles", metavar="CSV", help="sidecar CSV with columns file,title (e.g. imgflip.csv)")
     s.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-tiles", action="store_true",
+                   help="do not look for small faces in tiles of images where none is found whole (faster)")  # fmt: skip
     s.add_argument("--checkpoint-seconds", type=float, default=15.0, metavar="S",
                    help="save the index atomically at least this often while indexing (default 15)")  # fmt: skip
     common(s)
@@ -153,6 +155,7 @@ def cmd_index(args) -> int:
     index, report = build_index(
         args.inputs, args.out, titles=args.titles, embedder=args.embedder, model_path=args.model,
         workers=args.workers, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_seconds,
+        tiles=not args.no_tiles,
     )  # fmt: skip
     _print_index_summary(index, report, args.out)
     return 0

@@ -225,6 +225,73 @@ def box_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> tuple[
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def box_iou(a, b) -> float:
+    """Intersection over union of two boxes ``(x, y, w, h)``, in [0, 1]."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+#: Tiles searched when the whole image gives no face: a ``TILE_GRID`` x ``TILE_GRID`` grid of tiles that
+#: overlap by ``TILE_OVERLAP`` of a tile (2x2: each tile 4/7 of the side). BlazeFace short-range sees the
+#: whole image at 128x128 and misses faces much smaller than the frame (a panel of a comic-strip meme, a
+#: face in a crowd); in a tile they are larger.
+TILE_GRID = 2
+TILE_OVERLAP = 0.25
+#: Detection and presence confidence demanded in tiles (whole images: 0.5). On the 1,118 imgflip templates
+#: (of 2,105) where the whole image gives no face, 2x2 tiles at 0.5 found a face in 211, but 6 of 48
+#: sampled were not faces (text, a wheel, a clock); at 0.75 they find one in 119 and all 48 sampled were
+#: faces (cartoon faces included). 3x3 tiles found more, with about a quarter not faces.
+TILE_MIN_CONFIDENCE = 0.75
+
+
+def tile_windows(height: int, width: int, grid: int = TILE_GRID, overlap: float = TILE_OVERLAP):
+    """``(y, x, h, w)`` pixel windows of a ``grid`` x ``grid`` tiling whose neighbours overlap by
+    ``overlap`` of a tile, covering the whole image."""
+    th = max(1, round(height / (grid - (grid - 1) * overlap)))
+    tw = max(1, round(width / (grid - (grid - 1) * overlap)))
+    steps = max(1, grid - 1)
+    return [
+        (round(i * (height - th) / steps), round(j * (width - tw) / steps), th, tw)
+        for i in range(grid)
+        for j in range(grid)
+    ]
+
+
+def detect_in_tiles(finder: FaceFinder, image: np.ndarray, grid: int = TILE_GRID) -> list[Face]:
+    """Faces found in overlapping tiles of ``image`` (see :data:`TILE_GRID`), mapped back to the whole image.
+
+    Meant for images where :meth:`FaceFinder.detect` on the whole finds nothing, with a finder of
+    :data:`TILE_MIN_CONFIDENCE`. A face seen in two overlapping tiles is kept once (the larger find, boxes
+    overlapping by IoU > 0.3); at most ``finder.options.max_faces``, largest first, then sorted left to right.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB.
+
+    Returns:
+        faces as :meth:`FaceFinder.detect` gives them: landmarks normalised by the whole image's size; the
+        transformation matrix is the tile's (the same face seen through a narrower camera).
+    """
+    h, w = image.shape[:2]
+    found: list[Face] = []
+    for y, x, th, tw in tile_windows(h, w, grid):
+        for face in finder.detect(np.ascontiguousarray(image[y : y + th, x : x + tw])):
+            lm = face.landmarks * np.array([tw / w, th / h, tw / w], dtype=np.float32)
+            lm[:, 0] += x / w
+            lm[:, 1] += y / h
+            found.append(Face(box_from_landmarks(lm, w, h), lm, face.blendshapes, face.transformation_matrix, (w, h)))
+    kept: list[Face] = []
+    for face in sorted(found, key=lambda f: -f.box[2] * f.box[3]):
+        if all(box_iou(face.box, k.box) <= 0.3 for k in kept):
+            kept.append(face)
+    kept = kept[: finder.options.max_faces]
+    return sorted(kept, key=lambda f: (f.box[0], f.box[1]))
+
+
 def _mp_image(image: np.ndarray) -> mp.Image:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")

@@ -14,14 +14,22 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import embedders
 from .errors import FacialSearchError, ImageError, NoFaceError
-from .faces import Face, FaceFinder, FaceFinderOptions, detect_in_crop, whole_image_face
+from .faces import (
+    TILE_MIN_CONFIDENCE,
+    Face,
+    FaceFinder,
+    FaceFinderOptions,
+    detect_in_crop,
+    detect_in_tiles,
+    whole_image_face,
+)
 from .imageio import IMAGE_SUFFIXES, load_image
 from .index import EmbedderInfo, FileRecord, MemeIndex
 from .progress import progress as progress_bar
@@ -35,18 +43,33 @@ class Pipeline:
         embedder: embedder name (default :data:`facial_search.embedders.DEFAULT_EMBEDDER`) or instance.
         model_path: ``face_landmarker.task`` path; default found or downloaded by :mod:`facial_search.assets`.
         max_faces: most faces per image.
+        tiles: where the whole image gives no face, look in overlapping tiles
+            (:func:`facial_search.faces.detect_in_tiles`), for faces too small for the detector.
     """
 
-    def __init__(self, embedder=None, model_path=None, max_faces: int = 8):
+    def __init__(self, embedder=None, model_path=None, max_faces: int = 8, tiles: bool = True):
         self.embedder = embedders.get_embedder(embedder) if embedder is None or isinstance(embedder, str) else embedder
         self.finder = FaceFinder.create_from_options(FaceFinderOptions(model_path=model_path, max_faces=max_faces))
+        self.tiles = tiles
+        self._tile_finder: FaceFinder | None = None
 
     def faces(self, image: np.ndarray, *, cropped: bool = False) -> list[Face]:
-        """Faces in ``image`` (``(H, W, 3) uint8``). With ``cropped=True`` the image is a ready-made face
-        crop (:func:`facial_search.faces.detect_in_crop`: padded, sharpened, plain), and when no face is found
+        """Faces in ``image`` (``(H, W, 3) uint8``), left to right: the whole image, else (``tiles``) its
+        overlapping tiles. With ``cropped=True`` the image is a ready-made face crop
+        (:func:`facial_search.faces.detect_in_crop`: padded, sharpened, plain), and when no face is found
         the whole image is the face."""
         if not cropped:
-            return self.finder.detect(image)
+            faces = self.finder.detect(image)
+            if faces or not self.tiles:
+                return faces
+            if self._tile_finder is None:
+                o = self.finder.options
+                self._tile_finder = FaceFinder.create_from_options(
+                    replace(
+                        o, min_detection_confidence=TILE_MIN_CONFIDENCE, min_presence_confidence=TILE_MIN_CONFIDENCE
+                    )
+                )
+            return detect_in_tiles(self._tile_finder, image)
         face = detect_in_crop(self.finder, image)
         return [face if face is not None else whole_image_face(image)]
 
@@ -58,6 +81,8 @@ class Pipeline:
 
     def close(self) -> None:
         self.finder.close()
+        if self._tile_finder is not None:
+            self._tile_finder.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -316,6 +341,7 @@ def build_index(
     workers: int | None = None,
     progress: bool = True,
     checkpoint_seconds: float = 15.0,
+    tiles: bool = True,
 ) -> tuple[MemeIndex, IndexReport]:
     """Index every face of every image in ``inputs`` into ``out`` (created or updated).
 
@@ -324,7 +350,7 @@ def build_index(
     from disk (deleted, renamed) are removed with their faces, so the index mirrors its folders; files
     outside ``inputs`` are kept (one index can hold several folders). Files that cannot be read or have no
     face are recorded as skipped with a reason, never fatal. The index is saved atomically every ``checkpoint_seconds`` and at the end, so
-    an interrupted run keeps what it had done.
+    an interrupted run keeps what it had done. ``tiles``: see :class:`Pipeline`.
 
     Raises:
         EmbedderMismatchError: ``out`` exists and was built by another embedder.
@@ -351,7 +377,7 @@ def build_index(
         else:
             todo.append(str(f))
     workers = workers or default_workers()
-    config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None)
+    config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None, tiles=tiles)
     last_save = time.monotonic()
     results = map_images(_index_one, todo, config, workers=min(workers, max(1, len(todo))))
     bar = progress_bar(total=len(todo), desc="indexing", enabled=progress and bool(todo))

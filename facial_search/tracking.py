@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .faces import Face, box_from_landmarks
+from .faces import Face, box_from_landmarks, box_iou
 from .one_euro import OneEuroFilter, OneEuroParams
 
 Box = tuple[int, int, int, int]
@@ -25,17 +25,6 @@ Box = tuple[int, int, int, int]
 # ---------------------------------------------------------------------------------------------------------
 # Frame-to-frame association
 # ---------------------------------------------------------------------------------------------------------
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes ``(x, y, w, h)``, in [0, 1]."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _centre_distance(a: Box, b: Box) -> float:

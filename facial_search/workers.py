@@ -13,11 +13,12 @@ _PIPELINE = None
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What each worker process builds: the embedder by name and the landmarker model path."""
+    """What each worker process builds: the embedder by name, the landmarker model path, its options."""
 
     embedder: str | None = None
     model_path: str | None = None
     max_faces: int = 8
+    tiles: bool = True
 
 
 def default_workers() -> int:
@@ -34,7 +35,9 @@ def _init(config: WorkerConfig) -> None:
     from .pipeline import Pipeline
 
     silence_native_stderr()
-    _PIPELINE = Pipeline(embedder=config.embedder, model_path=config.model_path, max_faces=config.max_faces)
+    _PIPELINE = Pipeline(
+        embedder=config.embedder, model_path=config.model_path, max_faces=config.max_faces, tiles=config.tiles
+    )
 
 
 def current_pipeline():

@@ -11,7 +11,14 @@ from conftest import FACES, FERPLUS, MEMES
 from facial_search.embedders import get_embedder
 from facial_search.errors import EmbedderMismatchError, NoFaceError
 from facial_search.evaluate import Triplet, evaluate, transform_image, triplet_accuracy
-from facial_search.faces import CROP_PAD, NUM_BLENDSHAPES, NUM_LANDMARKS, _crop_views, detect_in_crop
+from facial_search.faces import (
+    CROP_PAD,
+    NUM_BLENDSHAPES,
+    NUM_LANDMARKS,
+    _crop_views,
+    detect_in_crop,
+    tile_windows,
+)
 from facial_search.imageio import load_image
 from facial_search.index import EmbedderInfo, MemeIndex
 from facial_search.pipeline import FacialSearch, Pipeline
@@ -64,6 +71,31 @@ def test_crop_detector_finds_blurry_crops_by_sharpening(pipeline):
             tried += 1
             assert face.image_size == (48, 48) and 0.2 < np.median(face.landmarks[:, 0]) < 0.8
     assert tried >= plain + 3, (plain, tried)
+
+
+def test_tile_windows_cover_the_image_with_overlap():
+    wins = tile_windows(700, 1000)
+    assert len(wins) == 4 and {(y, x) for y, x, _, _ in wins} == {(0, 0), (0, 429), (300, 0), (300, 429)}
+    assert all(y + h <= 700 and x + w <= 1000 for y, x, h, w in wins)
+    assert wins[0][2:] == (400, 571)  # each tile 4/7 of the side: neighbours share a quarter of a tile
+
+
+def test_small_faces_are_found_in_tiles():
+    """A four-panel meme whose faces the whole-image detector misses: tiles find all four, once each, at
+    the right place (each box, cut out with a margin, is a face to the plain detector too)."""
+    rgb = load_image(MEMES / "Friends-Joey-teached-french.jpg")
+    with Pipeline(tiles=False) as plain, Pipeline() as tiled:
+        assert plain.faces(rgb) == []
+        faces = tiled.faces(rgb)
+        assert len(faces) == 4 and all(f.image_size == (rgb.shape[1], rgb.shape[0]) for f in faces)
+        for f in faces:
+            x, y, w, h = f.box
+            assert 0.0 <= f.landmarks[:, :2].min() and f.landmarks[:, :2].max() <= 1.0
+            cut = rgb[max(0, y - h) : y + 2 * h, max(0, x - w) : x + 2 * w]
+            again = plain.faces(np.ascontiguousarray(cut))
+            assert len(again) == 1 and abs(again[0].box[2] - w) < 0.25 * w
+        assert tiled.embed(rgb, faces).shape == (4, tiled.embedder.dim)
+        assert tiled.faces(load_image(FACES / "free-mountain-vector-01.jpg")) == []  # still no face
 
 
 def test_happy_path(meme_index):
