@@ -29,6 +29,11 @@ import numpy as np
 from .errors import EmbedderMismatchError, IndexFormatError
 
 FORMAT_NAME = "facial-search-index"
+#: Faces of two different source images nearer than this (Euclidean, unit-norm embeddings) are the same
+#: picture. In the 1,365-face imgflip index, 67 pairs of faces from different files are this close (40 at
+#: under 0.005: "Woman Yelling At Cat" / "Woman yelling at cat", "Hide the Pain Harold" twice...), no two
+#: faces of one file are, and the median distance from a face to its nearest other face is 0.146.
+DUPLICATE_DISTANCE = 0.02
 #: Version of the file format written by this release; older files are read, newer ones refused.
 FORMAT_VERSION = 1
 
@@ -126,11 +131,15 @@ class MemeIndex:
         return [self._entries[int(i)] for i in self._ids]
 
     def source_groups(self) -> np.ndarray:
-        """``(N,) int64`` group number of every row, in row order: the faces of one source image share a
-        number, numbers run from 0 to (number of sources - 1). Cached until the index changes."""
+        """``(N,) int64`` group number of every row, in row order, numbers from 0 to (groups - 1): one group
+        per picture. The faces of one source image share a group, and so do the faces of source images that
+        share a near-identical face (:data:`DUPLICATE_DISTANCE`: the same template saved under two names).
+        Computed when first needed (:func:`merge_duplicates`: 0.07 s for the 1,365 imgflip
+        faces, ~2 s for 50,000) and cached until the index changes."""
         if self._groups is None:
             sources = [self._entries[int(i)].source for i in self._ids]
-            self._groups = np.unique(np.asarray(sources, dtype=object), return_inverse=True)[1].astype(np.int64)
+            by_source = np.unique(np.asarray(sources, dtype=object), return_inverse=True)[1].astype(np.int64)
+            self._groups = merge_duplicates(self._emb, by_source, DUPLICATE_DISTANCE)
         return self._groups
 
     @property
@@ -206,9 +215,9 @@ class MemeIndex:
         Args:
             queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
             k: neighbours per query.
-            group_by_source: one neighbour per source image at most (its nearest face), so that a meme with
-                several faces fills one of the k places, not several (a "grouping search", as Milvus's
-                ``group_by_field``).
+            group_by_source: one neighbour per picture at most (its nearest face), so that a meme with
+                several faces, or saved twice under two names, fills one of the k places, not several (a
+                "grouping search", as Milvus's ``group_by_field``; groups: :meth:`source_groups`).
 
         Returns:
             ``(distances, ids)``, both ``(Q, k)``: distances float32 Euclidean (range [0, 2] for unit-norm
@@ -356,6 +365,54 @@ def group_min(distances: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np
     counts = np.diff(np.r_[starts, len(order)])
     pos = np.where(ds == np.repeat(mins, counts, axis=1), np.arange(len(order)), len(order))
     return mins, order[np.minimum.reduceat(pos, starts, axis=1)]
+
+
+def merge_duplicates(embeddings: np.ndarray, groups: np.ndarray, distance: float, block: int = 1024) -> np.ndarray:
+    """Join the groups of rows whose embeddings are nearer than ``distance`` (union-find over all such pairs).
+
+    Exact, and cheaper than all pairs: rows are sorted by their projection on the embeddings' principal
+    axis, and a block of rows is compared only with the rows whose projection is within ``distance`` of the
+    block's (two points nearer than ``distance`` have projections nearer than that on any unit axis).
+
+    Args:
+        embeddings: ``(N, D) float32`` unit-norm rows.
+        groups: ``(N,)`` int group of every row (e.g. its source image), numbers 0..G-1.
+
+    Returns:
+        ``(N,) int64`` groups after the merge, renumbered 0..G'-1.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    e = np.asarray(embeddings, dtype=np.float32)
+    if len(e) < 2:
+        return np.unique(groups, return_inverse=True)[1].astype(np.int64)
+    parent = np.arange(int(groups.max()) + 1)
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    sample = e[:: max(1, len(e) // 4096)]
+    axis = np.linalg.svd(sample - sample.mean(0), full_matrices=False)[2][0]
+    order = np.argsort(e @ axis, kind="stable")
+    es, gs = e[order], groups[order]
+    proj = es @ axis
+    limit = 2.0 - distance * distance  # |a - b|^2 = 2 - 2 a.b for unit vectors: near when 2 a.b > limit
+    for start in range(0, len(es), block):
+        stop = min(start + block, len(es))
+        lo = int(np.searchsorted(proj, proj[start] - distance, side="left"))
+        hi = int(np.searchsorted(proj, proj[stop - 1] + distance, side="right"))
+        rows, cols = np.nonzero(2.0 * (es[start:stop] @ es[lo:hi].T) > limit)
+        rows += start
+        cols += lo
+        other = gs[rows] != gs[cols]
+        for r, c in zip(rows[other], cols[other], strict=True):
+            a, b = root(int(gs[r])), root(int(gs[c]))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    roots = np.array([root(int(g)) for g in groups], dtype=np.int64)
+    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

@@ -34,6 +34,7 @@ SAMPLE_MEMES = [
     "Confession-Bear.jpg", "Skeptical-Baby.jpg", "Awkward-Moment-Sealion.jpg", "Unsettled-Tom.jpg",
     "Blank-Nut-Button.jpg", "Change-My-Mind.jpg", "Waiting-Skeleton.jpg", "Left-Exit-12-Off-Ramp.jpg",
     "Matt-Damon-gets-older.jpg", "Is-Four-A-Lot.jpg", "Blinking-guy.jpg",  # several faces of one person
+    "Hide-the-pain-harold.jpg",  # the same picture as Hide-the-Pain-Harold.jpg under another name
 ]  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from facial_search.errors import EmbedderMismatchError, IndexFormatError
-from facial_search.index import EmbedderInfo, FileRecord, MemeIndex
+from facial_search.index import EmbedderInfo, FileRecord, MemeIndex, merge_duplicates
 
 INFO = EmbedderInfo("test", "1", 8)
 
@@ -70,6 +70,43 @@ def test_grouping_search_gives_each_source_once_at_its_nearest_face():
     idx.remove_source("m0.jpg")  # the grouping follows changes
     assert "m0.jpg" not in {idx.entry(int(i)).source for i in idx.search(q, k=6, group_by_source=True)[1].ravel()}
     assert MemeIndex(INFO).search(q, k=2, group_by_source=True)[1].tolist() == [[-1, -1]] * 4
+
+
+def test_merge_duplicates_is_the_brute_force_partition():
+    """Faces nearer than the distance join their groups (transitively); the windowed search misses none."""
+    rng = np.random.default_rng(7)
+    x = _unit(3000, d=16, seed=7)
+    copies = rng.integers(0, 3000, 300)
+    near = x[copies] + rng.normal(scale=rng.choice([0.002, 0.02], size=(300, 1)), size=(300, 16))
+    e = np.concatenate([x, near / np.linalg.norm(near, axis=1, keepdims=True)]).astype(np.float32)
+    groups = np.concatenate([np.arange(3000) // 3, 1000 + np.arange(300)])  # 3 faces per picture, then copies
+    got = merge_duplicates(e, groups, 0.02, block=256)
+    parent = list(range(groups.max() + 1))
+
+    def root(g):
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    d = np.linalg.norm(e[:, None] - e[None], axis=2)
+    for a, b in zip(*np.nonzero(d < 0.02), strict=True):
+        ra, rb = root(groups[a]), root(groups[b])
+        parent[max(ra, rb)] = min(ra, rb)
+    want = np.array([root(g) for g in groups])
+    pairs = {(int(a), int(b)) for a, b in zip(want, got, strict=True)}
+    assert len(pairs) == len(set(want)) == len(set(got.tolist()))  # the same partition
+    assert 1000 < len(set(want)) < 1300 and got.max() == len(set(want)) - 1  # some, not all, copies merged
+
+
+def test_grouping_folds_a_picture_saved_twice():
+    idx = MemeIndex(INFO)
+    x = _unit(5, seed=11)
+    idx.add(x, [{"source": f"m{i}.jpg", "face": 0, "box": (0, 0, 1, 1), "title": f"m{i}"} for i in range(5)])
+    copy = x[2:3] + 0.001  # the same picture re-encoded: a near-identical embedding
+    idx.add(copy / np.linalg.norm(copy), [{"source": "copy-of-m2.jpg", "face": 0, "box": (0, 0, 1, 1), "title": "m2"}])
+    _, ids = idx.search(x[2], k=3, group_by_source=True)
+    assert ids[0, 0] in (2, 5) and not {2, 5} <= set(ids[0].tolist())
+    assert {2, 5} <= set(idx.search(x[2], k=3)[1][0].tolist())
 
 
 def test_remove_keeps_ids_stable_and_never_reuses():

@@ -127,6 +127,15 @@ def test_search_gives_k_different_memes_unless_all_faces(meme_index):
         assert [m.rank for m in g.matches] == [1, 2, 3, 4, 5]
 
 
+def test_a_meme_saved_twice_fills_one_place(meme_index):
+    twice = {str(MEMES / "Hide-the-Pain-Harold.jpg"), str(MEMES / "Hide-the-pain-harold.jpg")}
+    with FacialSearch.open(meme_index) as fs:
+        grouped = fs.search(MEMES / "Hide-the-Pain-Harold.jpg", k=3).faces[0].matches
+        every = fs.search(MEMES / "Hide-the-Pain-Harold.jpg", k=3, group_by_source=False).faces[0].matches
+    assert {m.source for m in every[:2]} == twice and every[1].distance < 0.02
+    assert grouped[0].source in twice and not {m.source for m in grouped[1:]} & twice
+
+
 def test_smile_is_nearer_smile_than_surprise():
     """A real property of any expression embedding: the two smiling photos are closer than smile vs. surprise."""
     with Pipeline() as p:
