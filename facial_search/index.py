@@ -5,8 +5,8 @@ File format (``.fsindex``): a ZIP archive (NumPy ``.npz``) holding
 - ``embeddings``: ``(N, D) float32``, one unit-norm row per face;
 - ``ids``: ``(N,) int64``, stable entry ids (never reused);
 - ``meta``: UTF-8 JSON, ``{"format": "facial-search-index", "version": 1, "embedder": {...}, "next_id": int,
-  "entries": [{"id", "source", "face", "box", "title"}], "files": {source: {"size", "mtime_ns", "faces",
-  "skipped"}}}``.
+  "entries": [{"id", "source", "face", "box", "title", "picture_hash"}], "files": {source: {"size",
+  "mtime_ns", "faces", "skipped"}}}`` (``picture_hash`` is absent in files written before it existed).
 
 Saves are atomic: the archive is written to a temporary file in the same folder, flushed to disk, then
 renamed over the old one, so a crash (even SIGKILL) leaves either the previous or the new index, never a
@@ -26,14 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .dedupe import merge_duplicates
 from .errors import EmbedderMismatchError, IndexFormatError
 
 FORMAT_NAME = "facial-search-index"
-#: Faces of two different source images nearer than this (Euclidean, unit-norm embeddings) are the same
-#: picture. In the 1,365-face imgflip index, 67 pairs of faces from different files are this close (40 at
-#: under 0.005: "Woman Yelling At Cat" / "Woman yelling at cat", "Hide the Pain Harold" twice...), no two
-#: faces of one file are, and the median distance from a face to its nearest other face is 0.146.
-DUPLICATE_DISTANCE = 0.02
 #: Version of the file format written by this release; older files are read, newer ones refused.
 FORMAT_VERSION = 1
 
@@ -64,6 +60,8 @@ class Entry:
         face: face number within the image (0-based, left to right).
         box: bounding box ``(x, y, w, h)`` in pixels of the source image.
         title: human-readable title (sidecar CSV or file name).
+        picture_hash: 64-bit difference hash of the face's pixels, 16 hex digits
+            (:func:`facial_search.dedupe.face_dhash`); ``None`` in indexes written before it existed.
     """
 
     id: int
@@ -71,6 +69,7 @@ class Entry:
     face: int
     box: tuple[int, int, int, int]
     title: str
+    picture_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,13 +132,15 @@ class MemeIndex:
     def source_groups(self) -> np.ndarray:
         """``(N,) int64`` group number of every row, in row order, numbers from 0 to (groups - 1): one group
         per picture. The faces of one source image share a group, and so do the faces of source images that
-        share a near-identical face (:data:`DUPLICATE_DISTANCE`: the same template saved under two names).
-        Computed when first needed (:func:`merge_duplicates`: 0.07 s for the 1,365 imgflip
-        faces, ~2 s for 50,000) and cached until the index changes."""
+        hold the same picture (the same template saved under two names: a face in each with a near-identical
+        embedding and picture hash, :func:`facial_search.dedupe.merge_duplicates`). Computed when first
+        needed (0.15-1 s for the 1,365 imgflip faces, ~5 s for 50,000, on 2 busy cores) and cached until
+        the index changes."""
         if self._groups is None:
-            sources = [self._entries[int(i)].source for i in self._ids]
-            by_source = np.unique(np.asarray(sources, dtype=object), return_inverse=True)[1].astype(np.int64)
-            self._groups = merge_duplicates(self._emb, by_source, DUPLICATE_DISTANCE)
+            entries = [self._entries[int(i)] for i in self._ids]
+            sources = np.asarray([e.source for e in entries], dtype=object)
+            by_source = np.unique(sources, return_inverse=True)[1].astype(np.int64)
+            self._groups = merge_duplicates(self._emb, by_source, [e.picture_hash for e in entries])
         return self._groups
 
     @property
@@ -153,7 +154,7 @@ class MemeIndex:
 
         Args:
             embeddings: ``(n, D) float32``, D = the embedder's dimension.
-            entries: n dicts with ``source``, ``face``, ``box``, ``title``.
+            entries: n dicts with ``source``, ``face``, ``box``, ``title``, optionally ``picture_hash``.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedder.dim)
         if len(entries) != len(embeddings):
@@ -162,7 +163,12 @@ class MemeIndex:
         self.next_id += len(entries)
         for i, e in zip(new_ids, entries, strict=True):
             self._entries[int(i)] = Entry(
-                int(i), str(e["source"]), int(e["face"]), tuple(map(int, e["box"])), str(e["title"])
+                int(i),
+                str(e["source"]),
+                int(e["face"]),
+                tuple(map(int, e["box"])),
+                str(e["title"]),
+                e.get("picture_hash"),
             )
         self._emb = np.concatenate([self._emb, embeddings])
         self._ids = np.concatenate([self._ids, new_ids])
@@ -309,7 +315,10 @@ class MemeIndex:
                 f"re-index with the current embedder: `facial-search index DIR --out NEW.fsindex` (or delete {path} first)"
             )
         index = cls(info)
-        entries = [Entry(e["id"], e["source"], e["face"], tuple(e["box"]), e["title"]) for e in meta["entries"]]
+        entries = [
+            Entry(e["id"], e["source"], e["face"], tuple(e["box"]), e["title"], e.get("picture_hash"))
+            for e in meta["entries"]
+        ]
         if emb.shape != (len(entries), info.dim) or ids.shape != (len(entries),):
             raise IndexFormatError(f"{path}: corrupt index (embeddings {emb.shape}, {len(entries)} entries)")
         index._emb = emb.astype(np.float32, copy=False)
@@ -365,54 +374,6 @@ def group_min(distances: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np
     counts = np.diff(np.r_[starts, len(order)])
     pos = np.where(ds == np.repeat(mins, counts, axis=1), np.arange(len(order)), len(order))
     return mins, order[np.minimum.reduceat(pos, starts, axis=1)]
-
-
-def merge_duplicates(embeddings: np.ndarray, groups: np.ndarray, distance: float, block: int = 1024) -> np.ndarray:
-    """Join the groups of rows whose embeddings are nearer than ``distance`` (union-find over all such pairs).
-
-    Exact, and cheaper than all pairs: rows are sorted by their projection on the embeddings' principal
-    axis, and a block of rows is compared only with the rows whose projection is within ``distance`` of the
-    block's (two points nearer than ``distance`` have projections nearer than that on any unit axis).
-
-    Args:
-        embeddings: ``(N, D) float32`` unit-norm rows.
-        groups: ``(N,)`` int group of every row (e.g. its source image), numbers 0..G-1.
-
-    Returns:
-        ``(N,) int64`` groups after the merge, renumbered 0..G'-1.
-    """
-    groups = np.asarray(groups, dtype=np.int64)
-    e = np.asarray(embeddings, dtype=np.float32)
-    if len(e) < 2:
-        return np.unique(groups, return_inverse=True)[1].astype(np.int64)
-    parent = np.arange(int(groups.max()) + 1)
-
-    def root(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    sample = e[:: max(1, len(e) // 4096)]
-    axis = np.linalg.svd(sample - sample.mean(0), full_matrices=False)[2][0]
-    order = np.argsort(e @ axis, kind="stable")
-    es, gs = e[order], groups[order]
-    proj = es @ axis
-    limit = 2.0 - distance * distance  # |a - b|^2 = 2 - 2 a.b for unit vectors: near when 2 a.b > limit
-    for start in range(0, len(es), block):
-        stop = min(start + block, len(es))
-        lo = int(np.searchsorted(proj, proj[start] - distance, side="left"))
-        hi = int(np.searchsorted(proj, proj[stop - 1] + distance, side="right"))
-        rows, cols = np.nonzero(2.0 * (es[start:stop] @ es[lo:hi].T) > limit)
-        rows += start
-        cols += lo
-        other = gs[rows] != gs[cols]
-        for r, c in zip(rows[other], cols[other], strict=True):
-            a, b = root(int(gs[r])), root(int(gs[c]))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    roots = np.array([root(int(g)) for g in groups], dtype=np.int64)
-    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

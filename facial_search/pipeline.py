@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import embedders
+from .dedupe import face_dhash
 from .errors import FacialSearchError, ImageError, NoFaceError
 from .faces import (
     TILE_MIN_CONFIDENCE,
@@ -271,6 +272,7 @@ class _FileResult:
     boxes: list
     embeddings: np.ndarray | None
     skipped: str | None
+    hashes: list = field(default_factory=list)
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -326,7 +328,16 @@ def _index_one(path: str) -> _FileResult:
         faces = pipeline.faces(rgb)
         if not faces:
             return _FileResult(path, st.st_size, st.st_mtime_ns, [], None, "no face")
-        return _FileResult(path, st.st_size, st.st_mtime_ns, [f.box for f in faces], pipeline.embed(rgb, faces), None)
+        boxes = [f.box for f in faces]
+        return _FileResult(
+            path,
+            st.st_size,
+            st.st_mtime_ns,
+            boxes,
+            pipeline.embed(rgb, faces),
+            None,
+            [face_dhash(rgb, b) for b in boxes],
+        )
     except ImageError as e:
         return _FileResult(path, st.st_size, st.st_mtime_ns, [], None, f"unreadable: {str(e).split(': ', 1)[-1]}")
 
@@ -391,7 +402,10 @@ def build_index(
                 title = title_map.get(Path(r.source).name) or title_from_filename(r.source)
                 index.add(
                     r.embeddings,
-                    [{"source": r.source, "face": i, "box": b, "title": title} for i, b in enumerate(r.boxes)],
+                    [
+                        {"source": r.source, "face": i, "box": b, "title": title, "picture_hash": h}
+                        for i, (b, h) in enumerate(zip(r.boxes, r.hashes, strict=True))
+                    ],
                 )
                 report.added_faces += len(r.boxes)
             index.record_file(r.source, FileRecord(r.size, r.mtime_ns, len(r.boxes), r.skipped))
