@@ -145,6 +145,14 @@ def test_index_reports_and_skips_bad_files_then_adds_only_new(bad_files, sample_
     assert all(e.source != str(gone) for e in after.entries())
 
 
+def test_index_finds_small_faces_in_tiles_unless_no_tiles(tmp_path):
+    meme = MEMES / "Friends-Joey-teached-french.jpg"  # four small panel faces
+    run("index", meme, "--out", tmp_path / "plain.fsindex", "--no-progress", "--no-tiles", check=True)
+    run("index", meme, "--out", tmp_path / "tiled.fsindex", "--no-progress", check=True)
+    assert len(MemeIndex.load(tmp_path / "plain.fsindex")) == 0
+    assert len(MemeIndex.load(tmp_path / "tiled.fsindex")) == 4
+
+
 def test_index_survives_sigkill(sample_memes, tmp_path):
     out = tmp_path / "k.fsindex"
     run("index", *sample_memes[:3], "--out", out, "--no-progress", check=True)
