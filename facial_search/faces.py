@@ -247,6 +247,9 @@ TILE_OVERLAP = 0.25
 #: sampled were not faces (text, a wheel, a clock); at 0.75 they find one in 119 and all 48 sampled were
 #: faces (cartoon faces included). 3x3 tiles found more, with about a quarter not faces.
 TILE_MIN_CONFIDENCE = 0.75
+#: Images whose shorter side is under this many pixels are not tiled: a face that small has no expression
+#: left to read (FER+ faces are 48 px).
+TILE_MIN_SIDE = 96
 
 
 def tile_windows(height: int, width: int, grid: int = TILE_GRID, overlap: float = TILE_OVERLAP):
@@ -266,7 +269,7 @@ def detect_in_tiles(finder: FaceFinder, image: np.ndarray, grid: int = TILE_GRID
     """Faces found in overlapping tiles of ``image`` (see :data:`TILE_GRID`), mapped back to the whole image.
 
     Meant for images where :meth:`FaceFinder.detect` on the whole finds nothing, with a finder of
-    :data:`TILE_MIN_CONFIDENCE`. A face seen in two overlapping tiles is kept once (the larger find, boxes
+    :data:`TILE_MIN_CONFIDENCE`; images under :data:`TILE_MIN_SIDE` pixels give none. A face seen in two overlapping tiles is kept once (the larger find, boxes
     overlapping by IoU > 0.3); at most ``finder.options.max_faces``, largest first, then sorted left to right.
 
     Args:
@@ -277,6 +280,8 @@ def detect_in_tiles(finder: FaceFinder, image: np.ndarray, grid: int = TILE_GRID
         transformation matrix is the tile's (the same face seen through a narrower camera).
     """
     h, w = image.shape[:2]
+    if min(h, w) < TILE_MIN_SIDE:
+        return []
     found: list[Face] = []
     for y, x, th, tw in tile_windows(h, w, grid):
         for face in finder.detect(np.ascontiguousarray(image[y : y + th, x : x + tw])):
