@@ -319,7 +319,6 @@ def train(args) -> dict:
     steps_per_epoch = max(1, len(keep) // args.batch)
     total = steps_per_epoch * args.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
-    mix_rng = np.random.default_rng(args.seed + 1)  # its own stream: without --mixup the run is unchanged
     best, best_state, history = -1.0, None, []
     t0 = time.time()
     step = 0
@@ -332,12 +331,8 @@ def train(args) -> dict:
                 break
             idx = perm[s * args.batch : (s + 1) * args.batch]
             x = augment(X[idx], W[idx], g, args.p_whole, args.p_down2)
-            p = P[idx]
-            if args.mixup > 0:  # mixup (Zhang et al. 2018): images and vote distributions mixed alike
-                lam = float(mix_rng.beta(args.mixup, args.mixup))
-                x, p = lam * x + (1 - lam) * x.roll(1, 0), lam * p + (1 - lam) * p.roll(1, 0)
             z, logits = model(x)
-            loss, parts = losses(z, logits, p, args.w_dist, args.w_trip)
+            loss, parts = losses(z, logits, P[idx], args.w_dist, args.w_trip)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -406,7 +401,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--widths", type=int, nargs=4, default=[28, 56, 112, 224], help="channels of the 4 stages")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--p-whole", type=float, default=0.3, help="share of whole (unaligned) crops")
-    ap.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0: off")
     ap.add_argument("--p-down2", type=float, default=0.35, help="share of 2x down-up images")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (tests)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (tests)")
