@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--no-tiles", action="store_true",
-                   help="do not look for small faces in tiles of images where none is found whole (faster)")  # fmt: skip
+                   help="no second look in tiles where the whole image shows no face (faster)")  # fmt: skip
     s.add_argument("--checkpoint-seconds", type=float, default=15.0, metavar="S",
                    help="save the index atomically at least this often while indexing (default 15)")  # fmt: skip
     common(s)

@@ -269,8 +269,9 @@ def detect_in_tiles(finder: FaceFinder, image: np.ndarray, grid: int = TILE_GRID
     """Faces found in overlapping tiles of ``image`` (see :data:`TILE_GRID`), mapped back to the whole image.
 
     Meant for images where :meth:`FaceFinder.detect` on the whole finds nothing, with a finder of
-    :data:`TILE_MIN_CONFIDENCE`; images under :data:`TILE_MIN_SIDE` pixels give none. A face seen in two overlapping tiles is kept once (the larger find, boxes
-    overlapping by IoU > 0.3); at most ``finder.options.max_faces``, largest first, then sorted left to right.
+    :data:`TILE_MIN_CONFIDENCE`; images under :data:`TILE_MIN_SIDE` pixels give none. A face seen in two
+    overlapping tiles is kept once (the larger find, boxes overlapping by IoU > 0.3); at most
+    ``finder.options.max_faces``, largest first, then sorted left to right.
 
     Args:
         image: ``(H, W, 3) uint8`` RGB.

@@ -207,7 +207,7 @@ class LiveConfig:
         embed_every: embed (and search) a track every this many frames; in between its matches are kept.
             Default 3: 8 updates a second at 24 frames/s, plenty for matches held by the hysteresis, and it
             keeps the live path within 20% of the bare landmarker (the learned embedding costs ~5 ms/face).
-        group_by_source: show k different meme images, each at its face nearest the track (as
+        group_by_source: show k different pictures, each at its face nearest the track (as
             :meth:`~facial_search.index.MemeIndex.search`); ``False``: the k nearest faces.
         max_faces: most faces per frame.
         max_missing: frames a track may be missed before it ends.
@@ -310,15 +310,16 @@ class LiveSession:
                 emb = np.stack([self._smooth_embedding(tr, e, t) for tr, e in zip(due, emb, strict=True)])
             t3 = c()
             dist = self.search.index.distances(emb)
-            face_rows = np.tile(np.arange(dist.shape[1]), (len(dist), 1))
-            if self.config.group_by_source:  # the hysteresis then follows memes, not faces
+            face_rows = None
+            if self.config.group_by_source:  # the hysteresis then follows pictures, not faces
                 dist, face_rows = group_min(dist, self.search.index.source_groups())
-            for tr, d, fr in zip(due, dist, face_rows, strict=True):
+            for i, (tr, d) in enumerate(zip(due, dist, strict=True)):
                 if tr.hysteresis is None:
                     margin, hold = self.config.hysteresis or (0.0, 1)
                     tr.hysteresis = MatchHysteresis(self.config.k, margin, hold)
-                shown, dd = tr.hysteresis.update(d)
-                rows = fr[shown]
+                rows, dd = tr.hysteresis.update(d)
+                if face_rows is not None:
+                    rows = face_rows[i][rows]
                 tr.data["matches"] = [
                     ShownMatch(int(self._ids[r]), self._titles[r], float(x)) for r, x in zip(rows, dd, strict=True)
                 ]

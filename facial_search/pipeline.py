@@ -199,8 +199,9 @@ class FacialSearch:
     ) -> SearchResult:
         """Top-k memes for every face in ``image`` (a path, encoded bytes, or ``(H, W, 3) uint8`` RGB).
 
-        ``group_by_source`` (default): k different meme images, each at its face nearest the query; with
-        ``False`` the k nearest faces, which may include several faces of one meme.
+        ``group_by_source`` (default): k different pictures, each at its face nearest the query (a meme's
+        faces, and copies of one template under other names, are one picture:
+        :meth:`~facial_search.index.MemeIndex.source_groups`); with ``False`` the k nearest faces.
 
         Raises:
             ImageError: the file cannot be decoded. NoFaceError: no face found.
@@ -360,8 +361,9 @@ def build_index(
     files are re-indexed, new files added, and files recorded under a folder of ``inputs`` that are gone
     from disk (deleted, renamed) are removed with their faces, so the index mirrors its folders; files
     outside ``inputs`` are kept (one index can hold several folders). Files that cannot be read or have no
-    face are recorded as skipped with a reason, never fatal. The index is saved atomically every ``checkpoint_seconds`` and at the end, so
-    an interrupted run keeps what it had done. ``tiles``: see :class:`Pipeline`.
+    face are recorded as skipped with a reason, never fatal. The index is saved atomically every
+    ``checkpoint_seconds`` and at the end, so an interrupted run keeps what it had done. ``tiles``: see
+    :class:`Pipeline`.
 
     Raises:
         EmbedderMismatchError: ``out`` exists and was built by another embedder.

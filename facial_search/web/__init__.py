@@ -67,6 +67,7 @@ class SearchPool:
         size = max(1, int(size or default_workers()))
         first = FacialSearch.open(index_path, embedder=embedder, model_path=model_path)
         self.index = first.index
+        self.index.source_groups()  # the picture groups every search uses: found once, here, not in a request
         self.index_path = str(index_path)
         self.size = size
         self._all = [first]
