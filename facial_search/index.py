@@ -4,9 +4,9 @@ File format (``.fsindex``): a ZIP archive (NumPy ``.npz``) holding
 
 - ``embeddings``: ``(N, D) float32``, one unit-norm row per face;
 - ``ids``: ``(N,) int64``, stable entry ids (never reused);
-- ``meta``: UTF-8 JSON, ``{"format": "facial-search-index", "version": 1, "embedder": {...}, "next_id": int,
+- ``meta``: UTF-8 JSON, ``{"format": "facial-search-index", "version": 2, "embedder": {...}, "next_id": int,
   "entries": [{"id", "source", "face", "box", "title", "picture_hash"}], "files": {source: {"size",
-  "mtime_ns", "faces", "skipped"}}}`` (``picture_hash`` is absent in files written before it existed).
+  "mtime_ns", "faces", "skipped", "finder"}}}``. Version 1 (read too) had no ``picture_hash`` nor ``finder``.
 
 Saves are atomic: the archive is written to a temporary file in the same folder, flushed to disk, then
 renamed over the old one, so a crash (even SIGKILL) leaves either the previous or the new index, never a
@@ -31,7 +31,7 @@ from .errors import EmbedderMismatchError, IndexFormatError
 
 FORMAT_NAME = "facial-search-index"
 #: Version of the file format written by this release; older files are read, newer ones refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,15 @@ class Entry:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """What the index knows of one source file: its size and mtime when indexed, face count, skip reason."""
+    """What the index knows of one source file: its size and mtime when indexed, face count, skip reason,
+    and how faces were looked for (``finder``: ``"whole"`` or ``"whole+tiles"``, see
+    :class:`facial_search.pipeline.Pipeline`; ``None`` when written by format version 1)."""
 
     size: int
     mtime_ns: int
     faces: int
     skipped: str | None = None
+    finder: str | None = None
 
 
 class MemeIndex:
@@ -324,7 +327,10 @@ class MemeIndex:
         index._emb = emb.astype(np.float32, copy=False)
         index._ids = ids.astype(np.int64, copy=False)
         index._entries = {e.id: e for e in entries}
-        index.files = {s: FileRecord(**r) for s, r in meta["files"].items()}
+        index.files = {
+            s: FileRecord(r["size"], r["mtime_ns"], r["faces"], r.get("skipped"), r.get("finder"))
+            for s, r in meta["files"].items()
+        }
         index.next_id = int(meta["next_id"])
         return index
 

@@ -293,6 +293,16 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
+def needs_indexing(record: FileRecord | None, stat: os.stat_result, finder: str) -> bool:
+    """Whether a file must be (re)processed: new, changed (size or mtime), recorded by an index of format 1
+    (no picture hashes), or recorded without a face by a weaker ``finder`` ("whole" when "whole+tiles" now)."""
+    if record is None or record.size != stat.st_size or record.mtime_ns != stat.st_mtime_ns:
+        return True
+    if record.finder is None:
+        return True
+    return record.faces == 0 and record.finder == "whole" and finder == "whole+tiles"
+
+
 def gone_sources(recorded: Iterable[str], inputs: Iterable[str | os.PathLike], found: Iterable[Path]) -> list[str]:
     """Recorded sources that lie under one of the folders in ``inputs``, are not among the images ``found``
     there now and no longer exist (deleted, renamed, moved): what an update of the index removes. A file
@@ -357,8 +367,9 @@ def build_index(
 ) -> tuple[MemeIndex, IndexReport]:
     """Index every face of every image in ``inputs`` into ``out`` (created or updated).
 
-    An existing index is updated: files whose size and mtime are unchanged are not processed again, changed
-    files are re-indexed, new files added, and files recorded under a folder of ``inputs`` that are gone
+    An existing index is updated: files whose size and mtime are unchanged are not processed again (unless
+    :func:`needs_indexing` says the index predates what finds or hashes their faces now), changed files are
+    re-indexed, new files added, and files recorded under a folder of ``inputs`` that are gone
     from disk (deleted, renamed) are removed with their faces, so the index mirrors its folders; files
     outside ``inputs`` are kept (one index can hold several folders). Files that cannot be read or have no
     face are recorded as skipped with a reason, never fatal. The index is saved atomically every
@@ -381,14 +392,13 @@ def build_index(
     for source in gone_sources(index.files, inputs, files):
         index.remove_source(source)
         report.removed += 1
+    finder = "whole+tiles" if tiles else "whole"
     todo = []
     for f in files:
-        st = f.stat()
-        rec = index.files.get(str(f))
-        if rec is not None and rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
-            report.unchanged += 1
-        else:
+        if needs_indexing(index.files.get(str(f)), f.stat(), finder):
             todo.append(str(f))
+        else:
+            report.unchanged += 1
     workers = workers or default_workers()
     config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None, tiles=tiles)
     last_save = time.monotonic()
@@ -410,7 +420,7 @@ def build_index(
                     ],
                 )
                 report.added_faces += len(r.boxes)
-            index.record_file(r.source, FileRecord(r.size, r.mtime_ns, len(r.boxes), r.skipped))
+            index.record_file(r.source, FileRecord(r.size, r.mtime_ns, len(r.boxes), r.skipped, finder))
             report.processed += 1
             bar.update(1)
             if time.monotonic() - last_save > checkpoint_seconds:

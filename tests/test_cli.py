@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,41 @@ def test_index_finds_small_faces_in_tiles_unless_no_tiles(tmp_path):
     run("index", meme, "--out", tmp_path / "tiled.fsindex", "--no-progress", check=True)
     assert len(MemeIndex.load(tmp_path / "plain.fsindex")) == 0
     assert len(MemeIndex.load(tmp_path / "tiled.fsindex")) == 4
+
+
+def test_index_update_retries_faceless_files_with_tiles_and_upgrades_format_1(sample_memes, tmp_path):
+    folder = tmp_path / "memes"
+    folder.mkdir()
+    panels = folder / "Friends-Joey-teached-french.jpg"  # four small faces: found only in tiles
+    for p in [MEMES / panels.name, *sample_memes[:2]]:
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "x.fsindex"
+    run("index", folder, "--out", out, "--no-progress", "--no-tiles", check=True)
+    assert MemeIndex.load(out).skipped == {str(panels.resolve()): "no face"}
+    r = run("index", folder, "--out", out, "--no-progress", check=True)
+    assert "1 processed, 2 unchanged" in r.stdout  # only the faceless file is looked at again
+    index = MemeIndex.load(out)
+    assert index.files[str(panels.resolve())].faces == 4 and not index.skipped
+    assert "0 processed, 3 unchanged" in run("index", folder, "--out", out, "--no-progress", check=True).stdout
+    faces = len(index)
+
+    with zipfile.ZipFile(out) as z:  # the same index as format 1 wrote it: no picture hashes, no finder
+        files = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(files["meta.json"])
+    meta["version"] = 1
+    for e in meta["entries"]:
+        del e["picture_hash"]
+    for rec in meta["files"].values():
+        del rec["finder"]
+    files["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(out, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    assert MemeIndex.load(out).entries()[0].picture_hash is None
+    r = run("index", folder, "--out", out, "--no-progress", check=True)
+    assert "3 processed, 0 unchanged" in r.stdout
+    index = MemeIndex.load(out)
+    assert len(index) == faces and all(e.picture_hash for e in index.entries())
 
 
 def test_index_survives_sigkill(sample_memes, tmp_path):
