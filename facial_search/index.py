@@ -71,6 +71,14 @@ class Entry:
     title: str
     picture_hash: str | None = None
 
+    @classmethod
+    def from_dict(cls, id: int, e: dict) -> Entry:
+        """From ``{"source", "face", "box", "title"[, "picture_hash"]}`` (an :meth:`MemeIndex.add` entry or
+        a saved one)."""
+        return cls(
+            int(id), str(e["source"]), int(e["face"]), tuple(map(int, e["box"])), str(e["title"]), e.get("picture_hash")
+        )
+
 
 @dataclass(frozen=True)
 class FileRecord:
@@ -99,7 +107,7 @@ class MemeIndex:
         self._entries: dict[int, Entry] = {}
         self.files: dict[str, FileRecord] = {}
         self.next_id = 0
-        self._groups: np.ndarray | None = None
+        self._groups: tuple | None = None  # (source_groups, their group_layout), found when first needed
 
     # -- size and access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -143,8 +151,14 @@ class MemeIndex:
             entries = [self._entries[int(i)] for i in self._ids]
             sources = np.asarray([e.source for e in entries], dtype=object)
             by_source = np.unique(sources, return_inverse=True)[1].astype(np.int64)
-            self._groups = merge_duplicates(self._emb, by_source, [e.picture_hash for e in entries])
-        return self._groups
+            groups = merge_duplicates(self._emb, by_source, [e.picture_hash for e in entries])
+            self._groups = (groups, group_layout(groups))
+        return self._groups[0]
+
+    def group_layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`group_layout` of :meth:`source_groups`, cached with them (for :func:`group_min`)."""
+        self.source_groups()
+        return self._groups[1]
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -165,14 +179,7 @@ class MemeIndex:
         new_ids = np.arange(self.next_id, self.next_id + len(entries), dtype=np.int64)
         self.next_id += len(entries)
         for i, e in zip(new_ids, entries, strict=True):
-            self._entries[int(i)] = Entry(
-                int(i),
-                str(e["source"]),
-                int(e["face"]),
-                tuple(map(int, e["box"])),
-                str(e["title"]),
-                e.get("picture_hash"),
-            )
+            self._entries[int(i)] = Entry.from_dict(int(i), e)
         self._emb = np.concatenate([self._emb, embeddings])
         self._ids = np.concatenate([self._ids, new_ids])
         self._groups = None
@@ -240,7 +247,7 @@ class MemeIndex:
             return top_k(d, k)
         rows = None
         if group_by_source:
-            d, rows = group_min(d, self.source_groups())
+            d, rows = group_min(d, self.group_layout())
         dist, cols = top_k(d, k)
         found = cols >= 0
         if rows is not None:
@@ -318,10 +325,7 @@ class MemeIndex:
                 f"re-index with the current embedder: `facial-search index DIR --out NEW.fsindex` (or delete {path} first)"
             )
         index = cls(info)
-        entries = [
-            Entry(e["id"], e["source"], e["face"], tuple(e["box"]), e["title"], e.get("picture_hash"))
-            for e in meta["entries"]
-        ]
+        entries = [Entry.from_dict(e["id"], e) for e in meta["entries"]]
         if emb.shape != (len(entries), info.dim) or ids.shape != (len(entries),):
             raise IndexFormatError(f"{path}: corrupt index (embeddings {emb.shape}, {len(entries)} entries)")
         index._emb = emb.astype(np.float32, copy=False)
@@ -356,25 +360,30 @@ def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return dist, cols
 
 
-def group_min(distances: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_layout(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`group_min` needs of ``groups`` ``(N,)`` (numbers 0..G-1, all used), computed once per
+    grouping: ``order``, the rows sorted by group (stable), and ``starts``, each group's first position in it."""
+    groups = np.asarray(groups, dtype=np.int64)
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    return order, np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+
+
+def group_min(distances: np.ndarray, layout: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The nearest member of every group, for every query.
 
     Args:
         distances: ``(Q, N)`` from Q queries to N rows.
-        groups: ``(N,)`` int group number of every row, every number in 0..G-1 used (e.g.
-            :meth:`MemeIndex.source_groups`).
+        layout: :func:`group_layout` of the rows' groups (e.g. :meth:`MemeIndex.group_layout`).
 
     Returns:
         ``(distances, rows)``, both ``(Q, G)``: the smallest distance within each group, and the row it is at
         (the first such row on a tie).
     """
     d = np.asarray(distances)
-    groups = np.asarray(groups, dtype=np.int64)
-    if d.shape[1] != len(groups):
-        raise ValueError(f"{d.shape[1]} distance columns but {len(groups)} groups")
-    order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    order, starts = layout
+    if d.shape[1] != len(order):
+        raise ValueError(f"{d.shape[1]} distance columns but {len(order)} grouped rows")
     ds = d[:, order]
     mins = np.minimum.reduceat(ds, starts, axis=1)
     counts = np.diff(np.r_[starts, len(order)])

@@ -312,7 +312,7 @@ class LiveSession:
             dist = self.search.index.distances(emb)
             face_rows = None
             if self.config.group_by_source:  # the hysteresis then follows pictures, not faces
-                dist, face_rows = group_min(dist, self.search.index.source_groups())
+                dist, face_rows = group_min(dist, self.search.index.group_layout())
             for i, (tr, d) in enumerate(zip(due, dist, strict=True)):
                 if tr.hysteresis is None:
                     margin, hold = self.config.hysteresis or (0.0, 1)

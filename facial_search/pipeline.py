@@ -293,6 +293,11 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
+#: How an index looked for a file's faces (:attr:`facial_search.index.FileRecord.finder`): the whole image
+#: only (``--no-tiles``), or the whole image then its tiles (:meth:`Pipeline.faces`).
+FINDER_WHOLE, FINDER_TILES = "whole", "whole+tiles"
+
+
 def needs_indexing(record: FileRecord | None, stat: os.stat_result, finder: str) -> bool:
     """Whether a file must be (re)processed: new, changed (size or mtime), recorded by an index of format 1
     (no picture hashes), or recorded without a face by a weaker ``finder`` ("whole" when "whole+tiles" now)."""
@@ -300,7 +305,7 @@ def needs_indexing(record: FileRecord | None, stat: os.stat_result, finder: str)
         return True
     if record.finder is None:
         return True
-    return record.faces == 0 and record.finder == "whole" and finder == "whole+tiles"
+    return record.faces == 0 and record.finder == FINDER_WHOLE and finder == FINDER_TILES
 
 
 def gone_sources(recorded: Iterable[str], inputs: Iterable[str | os.PathLike], found: Iterable[Path]) -> list[str]:
@@ -392,7 +397,7 @@ def build_index(
     for source in gone_sources(index.files, inputs, files):
         index.remove_source(source)
         report.removed += 1
-    finder = "whole+tiles" if tiles else "whole"
+    finder = FINDER_TILES if tiles else FINDER_WHOLE
     todo = []
     for f in files:
         if needs_indexing(index.files.get(str(f)), f.stat(), finder):
