@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from facial_search.align import DEFAULT_SIZE, TEMPLATE, align_face, similarity_transform
 from facial_search.embedders import get_embedder
-from facial_search.embedders.expression import ExpressionEmbedder, model_path
+from facial_search.embedders.expression import GENERATION, MODEL_FILE, ExpressionEmbedder, model_path
 from facial_search.faces import FaceFinder, FaceFinderOptions, whole_image_face
 from facial_search.imageio import load_image
 
@@ -89,6 +90,9 @@ def test_aligned_fer_crop_looks_like_the_crop(finder):
 def test_registered_and_output_contract(embedder):
     e = get_embedder("expression")
     assert (e.name, e.dim) == ("expression", 64)
+    # the version an index records names the weights: generation + sha256 prefix of the shipped file
+    digest = hashlib.sha256(model_path().read_bytes()).hexdigest()
+    assert e.version == f"{GENERATION}+{digest[:12]}" and MODEL_FILE == f"expression-v{GENERATION}.onnx"
     img = np.full((48, 48, 3), 128, np.uint8)
     out = embedder.embed(img, [whole_image_face(img), whole_image_face(img)])
     assert out.shape == (2, 64) and out.dtype == np.float32

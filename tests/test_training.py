@@ -49,6 +49,8 @@ def test_train_few_steps_and_export(tmp_path, monkeypatch):
     assert (tmp_path / "m.fp32.onnx").exists()  # the float graph the int8 one was quantised from
     assert 0.0 <= summary["history"][0]["valid"]["emb"]["overall"] <= 1.0
     emb = ExpressionEmbedder(model_file=out)
+    # other weights, another version: an index made with the shipped model refuses these vectors
+    assert emb.version != ExpressionEmbedder().version and emb.version.startswith("3+")
     x = np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.float32)
     e, p = emb.run(x)
     assert e.shape == (3, 64) and p.shape == (3, 8)
@@ -78,3 +80,28 @@ def test_augment_keeps_shape_and_range():
     x = torch.rand(16, 1, 48, 48) * 255
     y = augment(x, x.clone(), g)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 255
+
+
+def test_down2_views_blur_before_alignment():
+    """The precomputed 2x down-up views of a real FER+ crop: four blurred faces (less fine detail than the
+    clean aligned face), aligned like it (close in the mean), the whole ones like the whole crop."""
+    import cv2
+
+    from facial_search.align import align_face
+    from facial_search.faces import FaceFinder, FaceFinderOptions
+    from facial_search.imageio import load_image
+    from training.prepare import detect_crop, down2_views, read_labels
+
+    names, _ = read_labels("FER2013Train", FERPLUS)
+    os.environ.setdefault("FACIAL_SEARCH_MODELS", str(MODELS))
+    rgb = load_image(FERPLUS / "FER2013Train" / names[0])
+    with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as finder:
+        lm, how = detect_crop(finder, rgb)
+    assert how > 0
+    views = down2_views(rgb, lm, 48)
+    assert views.shape == (4, 48, 48) and views.dtype == np.uint8
+    clean, whole = align_face(rgb, lm, 48), align_face(rgb, None, 48)
+    sharp = lambda a: cv2.Laplacian(a.astype(np.float64), cv2.CV_64F).var()  # noqa: E731
+    for v, ref in zip(views, (clean, clean, whole, whole), strict=True):
+        assert sharp(v) < 0.5 * sharp(ref)
+        assert np.abs(v.astype(float) - ref).mean() < 12

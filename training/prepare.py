@@ -8,7 +8,11 @@ Stage 2 (``aligned_<split>_48_v2.npz``): :func:`facial_search.align.align_face` 
 (or the whole crop when none were found) -- exactly the run-time recipe --, the whole crop resized (the
 fallback path, used as an augmentation) and the 10 FER+ vote counts.
 
-``python -m training.prepare`` (both stages, skips what is cached); ``--measure-template`` prints the
+Stage 3 (``down2_FER2013Train_48_v2.npz``): each training crop halved and brought back up, *then* aligned
+(and whole), :func:`down2_views` -- the 2x down-up augmentation as the run-time pipeline meets a
+low-resolution face (~40 s).
+
+``python -m training.prepare`` (all stages, skips what is cached); ``--measure-template`` prints the
 median positions of :data:`facial_search.align.ALIGN_LANDMARKS` over detected FER2013Train crops (the
 source of :data:`facial_search.align.TEMPLATE`).
 """
@@ -150,6 +154,52 @@ def align_split(split: str, size: int | None = None) -> Path:
     return out
 
 
+def down2_file(split: str, size: int, cache: Path | None = None) -> Path:
+    return (cache or CACHE) / f"down2_{split}_{size}_v{CACHE_VERSION}.npz"
+
+
+def down2_views(rgb: np.ndarray, landmarks: np.ndarray | None, size: int) -> np.ndarray:
+    """(4, size, size) uint8: the crop halved and brought back up (PIL bilinear, then PIL box), each aligned
+    with the clean crop's landmarks and whole -- a low-resolution face as the run-time pipeline sees it:
+    blurred *before* the alignment's resampling (rows: aligned bilinear, aligned box, whole bilinear,
+    whole box)."""
+    from PIL import Image
+
+    from facial_search.align import align_face
+
+    h, w = rgb.shape[:2]
+    out = np.zeros((4, size, size), np.uint8)
+    for j, method in enumerate((Image.BILINEAR, Image.BOX)):
+        small = Image.fromarray(rgb).resize((max(1, w // 2), max(1, h // 2)), method)
+        blurred = np.asarray(small.resize((w, h), Image.BILINEAR))
+        out[j] = align_face(blurred, landmarks, size)
+        out[2 + j] = align_face(blurred, None, size)
+    return out
+
+
+def down2_split(split: str, size: int | None = None, cache: Path | None = None) -> Path:
+    """Stage 3 (``down2_<split>_48_v2.npz``, FER2013Train only): :func:`down2_views` of every crop, the
+    training's 2x down-up augmentation (from the stage-1 landmarks; a few minutes, one process)."""
+    from facial_search.align import DEFAULT_SIZE
+    from facial_search.imageio import load_image
+
+    size = size or DEFAULT_SIZE
+    out = down2_file(split, size, cache)
+    if out.exists():
+        return out
+    root = data_dir()
+    with np.load(aligned_file(split, size, cache)) as d:
+        names = list(d["names"])
+    with np.load(landmarks_file(split, cache)) as d:
+        assert list(d["names"]) == names
+        lms, how = d["landmarks"], d["how"]
+    views = np.zeros((len(names), 4, size, size), np.uint8)
+    for i, n in enumerate(names):
+        views[i] = down2_views(load_image(root / split / n), lms[i] if how[i] > 0 else None, size)
+    np.savez_compressed(out, names=np.asarray(names), views=views)
+    return out
+
+
 def write_subset_cache(split: str, n: int, out_dir: Path, finder, root: Path | None = None) -> Path:
     """Detect + align the first ``n`` images of ``split`` in this process into ``out_dir`` (tests)."""
     from facial_search.align import DEFAULT_SIZE, align_face
@@ -162,14 +212,17 @@ def write_subset_cache(split: str, n: int, out_dir: Path, finder, root: Path | N
     imgs = np.zeros((n, size, size), np.uint8)
     whole = np.zeros((n, size, size), np.uint8)
     how = np.zeros(n, np.int8)
+    views = np.zeros((n, 4, size, size), np.uint8)
     for i, name in enumerate(names):
         rgb = load_image(root / split / name)
         lm, how[i] = detect_crop(finder, rgb)
         imgs[i] = align_face(rgb, lm, size)
         whole[i] = align_face(rgb, None, size)
+        views[i] = down2_views(rgb, lm, size)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = aligned_file(split, size, out_dir)
     np.savez_compressed(out, names=np.asarray(names), images=imgs, whole=whole, votes=votes, how=how)
+    np.savez_compressed(down2_file(split, size, out_dir), names=np.asarray(names), views=views)
     return out
 
 
@@ -178,6 +231,7 @@ def prepare(splits=SPLITS, workers: int = 2) -> None:
         detect_split(s, workers)
     for s in splits:
         align_split(s)
+    down2_split("FER2013Train")
 
 
 def main(argv=None) -> None:
@@ -195,6 +249,7 @@ def main(argv=None) -> None:
     if not a.landmarks_only:
         for s in SPLITS:
             align_split(s)
+        down2_split("FER2013Train")
 
 
 if __name__ == "__main__":

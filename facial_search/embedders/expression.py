@@ -2,7 +2,7 @@
 
 Each face is aligned from its MediaPipe landmarks to the canonical FER+-framed template
 (:func:`facial_search.align.align_face`, 48x48 grey); a face without landmarks (a ready-made crop the
-detector missed) is the whole image. The network (``facial_search/models/expression-v2.onnx``, a small CNN
+detector missed) is the whole image. The network (``facial_search/models/expression-v3.onnx``, a small CNN
 trained on FER+ vote distributions, int8-quantised, see ``facial_search/models/MODEL_CARD.md``) embeds the
 face and its mirror image and averages the two, so a mirrored face gets the same vector. No torch at run
 time.
@@ -10,8 +10,10 @@ time.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +22,12 @@ from ..faces import Face
 from . import l2_normalize
 
 #: File of the weights inside ``facial_search/models``.
-MODEL_FILE = "expression-v2.onnx"
+MODEL_FILE = "expression-v3.onnx"
+
+#: Generation of the shipped weights (the ``vN`` of :data:`MODEL_FILE`). The version an index records is this
+#: plus the first 12 hex digits of the file's sha256, so vectors of other weights (a retrained model, or
+#: ``model_file=``) are never mixed with these in one index.
+GENERATION = "3"
 
 #: Emotion order of the ``probs`` output (FER+ label order, without unknown / not-a-face).
 EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
@@ -34,20 +41,25 @@ class ExpressionEmbedder:
     """64-d learned expression embedding (see module docstring). Not thread-safe: one per process/thread."""
 
     name = "expression"
-    version = "2"
     dim = 64
     size = DEFAULT_SIZE
 
-    def __init__(self, model_file=None, threads: int = 1):
+    def __init__(self, model_file: str | Path | None = None, threads: int = 1):
+        """Load the shipped weights, or ``model_file`` (an ONNX graph with the same input and outputs).
+
+        Attributes set: ``version`` (``"3+<sha256 prefix>"``, see :data:`GENERATION`).
+        Raises ``FileNotFoundError`` for a missing ``model_file``; ONNX Runtime's error for a file that is
+        not a model.
+        """
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        path = model_file or model_path()
-        with resources.as_file(path) if model_file is None else _nullctx(path) as p:
-            self._session = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        data = Path(model_file).read_bytes() if model_file is not None else model_path().read_bytes()
+        self.version = f"{GENERATION}+{hashlib.sha256(data).hexdigest()[:12]}"
+        self._session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
     def faces_input(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """``(N, 48, 48) float32`` aligned grey faces, pixels 0..255 (the network input)."""
@@ -70,14 +82,3 @@ class ExpressionEmbedder:
     def emotions(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """``(len(faces), 8)`` emotion probabilities (order :data:`EMOTIONS`), mirror-averaged."""
         return self.run(self.faces_input(image, faces))[1]
-
-
-class _nullctx:
-    def __init__(self, v):
-        self.v = v
-
-    def __enter__(self):
-        return self.v
-
-    def __exit__(self, *a):
-        return False
