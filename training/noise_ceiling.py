@@ -25,13 +25,12 @@ Needs the ``[train]`` extra (torch, for log-gamma and digamma).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import prepare
+from . import prepare, train
 
 EMOTIONS = 8  # neutral, happiness, surprise, sadness, anger, disgust, fear, contempt (FER+ label.csv order)
 
@@ -39,13 +38,9 @@ EMOTIONS = 8  # neutral, happiness, surprise, sadness, anger, disgust, fear, con
 def read_votes(split_dir: Path) -> dict[str, np.ndarray]:
     """``label.csv`` of a FER+ split -> {file name: (8,) float64 emotion votes}, for the faces the triplet
     protocol keeps (at most one unknown / not-a-face vote, at least one emotion vote)."""
-    out = {}
-    with open(split_dir / "label.csv", newline="") as f:
-        for row in csv.reader(f):
-            v = np.array(row[2:], dtype=np.float64)
-            if v[EMOTIONS:].sum() <= 1 and v[:EMOTIONS].sum() > 0:
-                out[row[0]] = v[:EMOTIONS]
-    return out
+    names, votes = prepare.read_labels(split_dir.name, split_dir.parent)
+    keep = (votes[:, EMOTIONS:].sum(1) <= 1) & (votes[:, :EMOTIONS].sum(1) > 0)
+    return {n: v[:EMOTIONS].astype(np.float64) for n, v, k in zip(names, votes, keep, strict=True) if k}
 
 
 def _lgamma(x):
@@ -94,13 +89,12 @@ def fit_prior(votes: np.ndarray, k: int, rng: np.random.Generator, rounds: int =
 
 def read_triplets(path: Path):
     """Triplet CSV -> (names, a, b, c index arrays, labels 0/1/2 for ab/ac/bc, types)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = sorted({r[c] for r in rows for c in ("image_a", "image_b", "image_c")})
+    rows = train.read_triplets(path)  # (image_a, image_b, image_c, most_similar, type)
+    names = sorted({n for r in rows for n in r[:3]})
     idx = {n: i for i, n in enumerate(names)}
-    a, b, c = (np.array([idx[r[col]] for r in rows]) for col in ("image_a", "image_b", "image_c"))
-    lab = np.array([("ab", "ac", "bc").index(r["most_similar"]) for r in rows])
-    return names, a, b, c, lab, np.array([r["type"] for r in rows])
+    a, b, c = (np.array([idx[r[col]] for r in rows]) for col in range(3))
+    lab = np.array([("ab", "ac", "bc").index(r[3]) for r in rows])
+    return names, a, b, c, lab, np.array([r[4] for r in rows])
 
 
 def closest_pair(q: np.ndarray, a, b, c) -> np.ndarray:

@@ -188,8 +188,7 @@ def down2_split(split: str, size: int | None = None, cache: Path | None = None) 
     if out.exists():
         return out
     root = data_dir()
-    with np.load(aligned_file(split, size, cache)) as d:
-        names = list(d["names"])
+    names, _ = read_labels(split, root)
     with np.load(landmarks_file(split, cache)) as d:
         assert list(d["names"]) == names
         lms, how = d["landmarks"], d["how"]

@@ -330,10 +330,7 @@ def train(args) -> dict:
     P = torch.from_numpy(tr["p"][keep])
     D2 = None
     if args.down2 == "before-align":
-        d2_file = prepare.down2_file("FER2013Train", SIZE, cache)
-        if cache is None:
-            prepare.down2_split("FER2013Train")
-        with np.load(d2_file) as d:
+        with np.load(prepare.down2_file("FER2013Train", SIZE, cache)) as d:  # prepared above (stage 3)
             assert list(d["names"]) == tr["names"]
             D2 = torch.from_numpy(d["views"][keep]).float()
     model = ExpressionNet(widths=tuple(args.widths))
