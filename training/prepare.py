@@ -246,9 +246,7 @@ def main(argv=None) -> None:
         print("TEMPLATE =", np.array2string(t, precision=4, separator=", "))
         return
     if not a.landmarks_only:
-        for s in SPLITS:
-            align_split(s)
-        down2_split("FER2013Train")
+        prepare(SPLITS, a.workers)  # stage 1 is cached by now; stages 2 and 3
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ Recipe (one seeded command; prepares the aligned-face cache first if missing, se
 - AdamW + one-cycle LR, batch 128, 50 epochs, the network under bfloat16 autocast (2.1x the speed of
   float32 on the 2-core machine's AMX units; losses, optimiser and weights stay float32); an exponential
   moving average of the weights (decay 0.998 per step) is what gets evaluated, selected (best FER2013Valid
-  triplet accuracy, overall + 0.5 x ONE_CLASS) and exported; the ONNX graph averages the embedding of the face and its mirror image and is quantised to int8
-  (ONNX Runtime static quantisation, calibrated on FER2013Valid faces).
+  triplet accuracy, overall + 0.5 x ONE_CLASS) and exported; the ONNX graph averages the embedding of the
+  face and its mirror image and is quantised to int8 (ONNX Runtime static quantisation, calibrated on
+  FER2013Valid faces).
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def augment(
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # resolution: 2x down-up (p_down2), 3x down-up (10 %), light blur (15 %)
+    # (with ``down2`` this draw, and d2's below, go unused; they stay so that the random stream, and with it
+    # the shipped weights, is what the recorded recipe made)
     r = u(n).view(n, 1, 1, 1)
     if down2 is not None:
         r = r_pre

@@ -57,7 +57,7 @@ class ExpressionEmbedder:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        data = Path(model_file).read_bytes() if model_file is not None else model_path().read_bytes()
+        data = (Path(model_file) if model_file is not None else model_path()).read_bytes()
         self.version = f"{GENERATION}+{hashlib.sha256(data).hexdigest()[:12]}"
         self._session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
