@@ -105,3 +105,36 @@ def test_down2_views_blur_before_alignment():
     for v, ref in zip(views, (clean, clean, whole, whole), strict=True):
         assert sharp(v) < 0.5 * sharp(ref)
         assert np.abs(v.astype(float) - ref).mean() < 12
+
+
+def test_down2_gap_feeds_each_face_blurred(tmp_path, monkeypatch):
+    """``training.down2_gap`` with the shipped model on real FER2013Valid crops: the down-up view of each face
+    is embedded near its own clean face (the same faces, blurred, in the same order), and the accuracies are
+    those of :func:`training.train.triplet_accuracy` on the two sets of embeddings."""
+    from facial_search.embedders import expression
+    from facial_search.faces import FaceFinder, FaceFinderOptions
+    from training import prepare, train
+    from training.down2_gap import down2_gap, embed_onnx
+
+    monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
+    cache = tmp_path / "cache"
+    with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as finder:
+        prepare.write_subset_cache("FER2013Valid", 12, cache, finder, FERPLUS)
+    names, _ = prepare.read_labels("FER2013Valid", FERPLUS)
+    trip = tmp_path / "triplets.csv"
+    with open(trip, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_a", "image_b", "image_c", "most_similar", "type"])
+        for i in range(0, 12, 3):
+            w.writerow([names[i], names[i + 1], names[i + 2], "ab", "ONE_CLASS"])
+    model = Path(expression.__file__).resolve().parents[1] / "models" / expression.MODEL_FILE
+    res = down2_gap(model, "FER2013Valid", trip, cache)
+    data = train.load_split("FER2013Valid", cache)
+    with np.load(prepare.down2_file("FER2013Valid", 48, cache)) as d:
+        down = d["views"][:, 0]
+    clean_e, down_e = embed_onnx(model, data["images"]), embed_onnx(model, down)
+    assert res["clean"] == train.triplet_accuracy(clean_e, data["names"], train.read_triplets(trip))
+    assert res["down2"] == train.triplet_accuracy(down_e, data["names"], train.read_triplets(trip))
+    assert not np.allclose(clean_e, down_e)  # the views are blurred, not the clean faces again
+    nearest = np.linalg.norm(down_e[:, None] - clean_e[None], axis=2).argmin(1)
+    assert (nearest == np.arange(12)).sum() >= 9
