@@ -216,7 +216,7 @@ class LiveConfig:
 
     k: int = 3
     filter: OneEuroParams | None = field(default_factory=OneEuroParams)
-    hysteresis: tuple[float, int] | None = (0.08, 4)  # 4 updates x 3 frames: a new top-1 holds 0.5 s at 24 fps
+    hysteresis: tuple[float, int] | None = (0.05, 4)  # 4 updates x 3 frames: a new top-1 holds 0.5 s at 24 fps
     embedding_filter: OneEuroParams | None = field(default_factory=lambda: OneEuroParams(1.0, 0.0, 1.0))
     embed_every: int = 3
     group_by_source: bool = True

@@ -203,13 +203,18 @@ class MatchHysteresis:
             (unit-norm embeddings: distances in [0, 2]).
         hold: updates in a row a newcomer must win to replace a shown match without a clear margin.
 
-    The margin 0.08 and a hold of 0.5 s (12 updates when every frame is matched at 24 frames/s; ``live`` matches
-    every 3rd frame and uses ``hold=4``) were chosen on ``WolfgangLanger_Pexels.mp4`` against a 1,204-face
-    imgflip index with the blendshapes embedder: top-1 changes fell from 8.6/s (raw) to 2.8/s, the shown
-    top-1 being on average 0.013 farther than the raw nearest (``benchmarks/bench_live.py``).
+    The hold of 0.5 s (12 updates when every frame is matched at 24 frames/s; ``live`` matches every 3rd
+    frame and uses ``hold=4``) was chosen on ``WolfgangLanger_Pexels.mp4`` with the blendshapes embedder.
+    The margin 0.05 is the expression-v3 embedder's (``make demo``'s 1,365-face index, live's defaults,
+    2026-11-22): there a face's nearest other face is at a median 0.135, its 3rd at +0.035 and its 5th at
+    +0.055, so a shown top-1 stays within about the 5 nearest. The blendshapes' 0.08 (about the 10 nearest
+    here) showed a top-1 outside the top-3 of the run without hysteresis in 22 % of face-frames, 0.05 in
+    15 %, for 1.68 top-1 changes/s against 1.48 (without hysteresis 2.90); on ``single_face.mp4`` and
+    ``noface_face.mov`` 0.05 was as steady as 0.08 (2.11 and 0.79 changes/s) and stale a third less often than
+    0.08 (17 % / 16 % against 25 %) (``benchmarks/bench_live.py`` and a sweep of ``LiveConfig.hysteresis``).
     """
 
-    def __init__(self, k: int = 3, margin: float = 0.08, hold: int = 12):
+    def __init__(self, k: int = 3, margin: float = 0.05, hold: int = 12):
         if k < 1 or hold < 1 or margin < 0:
             raise ValueError("MatchHysteresis needs k >= 1, hold >= 1, margin >= 0")
         self.k, self.margin, self.hold = k, margin, hold
