@@ -21,23 +21,33 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_train_few_steps_and_export(tmp_path, monkeypatch):
-    from facial_search.embedders.expression import ExpressionEmbedder
+def fer_subset(tmp_path: Path, counts: dict[str, int]) -> tuple[Path, Path]:
+    """A training cache of the first ``counts[split]`` faces of each split (detected and aligned for real,
+    :func:`training.prepare.write_subset_cache`) and a triplet CSV over FER2013Valid's, in threes:
+    ``(cache folder, triplets.csv)``. Needs ``FACIAL_SEARCH_MODELS`` set."""
     from facial_search.faces import FaceFinder, FaceFinderOptions
-    from training import prepare, train
+    from training import prepare
 
-    monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
     cache = tmp_path / "cache"
     with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as finder:
-        prepare.write_subset_cache("FER2013Train", 24, cache, finder, FERPLUS)
-        prepare.write_subset_cache("FER2013Valid", 9, cache, finder, FERPLUS)
+        for split, n in counts.items():
+            prepare.write_subset_cache(split, n, cache, finder, FERPLUS)
     names, _ = prepare.read_labels("FER2013Valid", FERPLUS)
     trip = tmp_path / "triplets.csv"
     with open(trip, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_a", "image_b", "image_c", "most_similar", "type"])
-        for i in range(0, 9, 3):
+        for i in range(0, counts["FER2013Valid"], 3):
             w.writerow([names[i], names[i + 1], names[i + 2], "ab", "ONE_CLASS"])
+    return cache, trip
+
+
+def test_train_few_steps_and_export(tmp_path, monkeypatch):
+    from facial_search.embedders.expression import ExpressionEmbedder
+    from training import train
+
+    monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
+    cache, trip = fer_subset(tmp_path, {"FER2013Train": 24, "FER2013Valid": 9})
     out = tmp_path / "m.onnx"
     args = train.parse_args(
         ["--out", str(out), "--epochs", "1", "--batch", "8", "--lr", "1e-3", "--threads", "1", "--limit", "24",
@@ -112,21 +122,11 @@ def test_down2_gap_feeds_each_face_blurred(tmp_path, monkeypatch):
     is embedded near its own clean face (the same faces, blurred, in the same order), and the accuracies are
     those of :func:`training.train.triplet_accuracy` on the two sets of embeddings."""
     from facial_search.embedders import expression
-    from facial_search.faces import FaceFinder, FaceFinderOptions
     from training import prepare, train
     from training.down2_gap import down2_gap, embed_onnx
 
     monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
-    cache = tmp_path / "cache"
-    with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as finder:
-        prepare.write_subset_cache("FER2013Valid", 12, cache, finder, FERPLUS)
-    names, _ = prepare.read_labels("FER2013Valid", FERPLUS)
-    trip = tmp_path / "triplets.csv"
-    with open(trip, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_a", "image_b", "image_c", "most_similar", "type"])
-        for i in range(0, 12, 3):
-            w.writerow([names[i], names[i + 1], names[i + 2], "ab", "ONE_CLASS"])
+    cache, trip = fer_subset(tmp_path, {"FER2013Valid": 12})
     model = Path(expression.__file__).resolve().parents[1] / "models" / expression.MODEL_FILE
     res = down2_gap(model, "FER2013Valid", trip, cache)
     data = train.load_split("FER2013Valid", cache)
