@@ -123,7 +123,7 @@ def test_down2_gap_feeds_each_face_blurred(tmp_path, monkeypatch):
     those of :func:`training.train.triplet_accuracy` on the two sets of embeddings."""
     from facial_search.embedders import expression
     from training import prepare, train
-    from training.down2_gap import down2_gap, embed_onnx
+    from training.down2_gap import down2_gap
 
     monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
     cache, trip = fer_subset(tmp_path, {"FER2013Valid": 12})
@@ -132,7 +132,7 @@ def test_down2_gap_feeds_each_face_blurred(tmp_path, monkeypatch):
     data = train.load_split("FER2013Valid", cache)
     with np.load(prepare.down2_file("FER2013Valid", 48, cache)) as d:
         down = d["views"][:, 0]
-    clean_e, down_e = embed_onnx(model, data["images"]), embed_onnx(model, down)
+    clean_e, down_e = train.embed_onnx(model, data["images"])[0], train.embed_onnx(model, down)[0]
     assert res["clean"] == train.triplet_accuracy(clean_e, data["names"], train.read_triplets(trip))
     assert res["down2"] == train.triplet_accuracy(down_e, data["names"], train.read_triplets(trip))
     assert not np.allclose(clean_e, down_e)  # the views are blurred, not the clean faces again

@@ -22,16 +22,6 @@ import numpy as np
 from . import prepare, train
 
 
-def embed_onnx(path: Path, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Unit-norm embeddings ``(N, D)`` of ``(N, 48, 48)`` uint8 aligned faces under ONNX Runtime."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = images.astype(np.float32)
-    e = np.concatenate([sess.run(None, {"image": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-
 def down2_gap(model: Path, split: str = "FER2013Valid", triplets: Path | None = None,
               cache: Path | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
     """``{"clean": accuracies, "down2": accuracies}`` (:func:`training.train.triplet_accuracy`'s dicts) of
@@ -42,8 +32,8 @@ def down2_gap(model: Path, split: str = "FER2013Valid", triplets: Path | None = 
     with np.load(prepare.down2_split(split, cache=cache)) as d:
         assert list(d["names"]) == data["names"]
         down = d["views"][:, 0]
-    return {"clean": train.triplet_accuracy(embed_onnx(model, data["images"]), data["names"], trip),
-            "down2": train.triplet_accuracy(embed_onnx(model, down), data["names"], trip)}  # fmt: skip
+    return {"clean": train.triplet_accuracy(train.embed_onnx(model, data["images"])[0], data["names"], trip),
+            "down2": train.triplet_accuracy(train.embed_onnx(model, down)[0], data["names"], trip)}  # fmt: skip
 
 
 def main(argv=None) -> None:

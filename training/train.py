@@ -256,16 +256,21 @@ def evaluate(model, data, triplets) -> dict:
     return _scores(*embed_array(model, data["images"]), data, triplets)
 
 
-def evaluate_onnx(path: Path, data, triplets) -> dict:
-    """:func:`evaluate` with the exported graph under ONNX Runtime (what ships)."""
+def embed_onnx(path: Path, images: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`embed_array` with an exported graph (float or int8) under ONNX Runtime: unit-norm embeddings
+    ``(N, D)`` and probabilities ``(N, 8)`` of ``(N, 48, 48)`` uint8 aligned faces."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = data["images"].astype(np.float32)
-    outs = [sess.run(None, {"image": x[i : i + 512]}) for i in range(0, len(x), 512)]
+    x = images.astype(np.float32)
+    outs = [sess.run(None, {"image": x[i : i + batch]}) for i in range(0, len(x), batch)]
     emb = np.concatenate([o[0] for o in outs])
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return _scores(emb, np.concatenate([o[1] for o in outs]), data, triplets)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), np.concatenate([o[1] for o in outs])
+
+
+def evaluate_onnx(path: Path, data, triplets) -> dict:
+    """:func:`evaluate` with the exported graph under ONNX Runtime (what ships)."""
+    return _scores(*embed_onnx(path, data["images"]), data, triplets)
 
 
 def export_onnx(model: ExpressionNet, path: Path) -> None:
