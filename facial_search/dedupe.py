@@ -1,10 +1,12 @@
 """Duplicate pictures: the same meme template saved under two names (a re-upload, another crop or size).
 
-Two faces are the same picture when their expression embeddings are near (:data:`DUPLICATE_DISTANCE`) *and*
-their pixels agree (a 64-bit difference hash, dHash, of the face's bounding box, within
-:data:`DUPLICATE_HAMMING` bits). Neither is enough alone: in a dense part of the embedding space two
-different smiling people can be 0.02 apart, and two faces of one template can differ by a few hash bits
-after re-encoding. The index groups such sources so that one picture fills one place of a top-k.
+Two faces are the same picture when their expression embeddings are near *and* their pixels agree (a 64-bit
+difference hash, dHash, of the face's bounding box): the nearer the embeddings, the more hash bits may
+differ (:data:`DUPLICATE_RULES`). Neither is enough alone: in a dense part of the embedding space two
+different smiling people can be 0.02 apart; two faces of one template can differ by a few hash bits after
+re-encoding, and by up to ~0.7 in the embedding when saved at another size or crop; and two panels of one
+meme share most hash bits while showing two expressions. The index groups such sources so that one picture
+fills one place of a top-k.
 """
 
 from __future__ import annotations
@@ -14,16 +16,24 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-#: Embedding distance (Euclidean, unit-norm, range [0, 2]) under which two faces may be one picture.
-#: Measured on the 1,365-face imgflip index (2,105 templates): pairs of faces from different files nearer
-#: than 0.05 number 481; the median distance from a face to its nearest other face is 0.146.
-DUPLICATE_DISTANCE = 0.05
-#: Most differing dHash bits (of 64) for one picture. Among those 481 pairs the bits differ by 0-10 in 156,
-#: whose titles name one meme ("Woman Yelling At Cat" / "woman yelling at cat", "Matrix Morpheus" / "What if
-#: i told you", "Executive Order Trump" / "Trump Bill Signing" at 10), and by 12 or more in the other 325
-#: (different people: "Oblivious Hot Girl" / "Sheltering Suburban Mom" 12, "Hillary Clinton" / "Sheltering
-#: Suburban Mom" 16; but also one re-crop, "Nick Cage and Pedro pascal" twice, at 15).
-DUPLICATE_HAMMING = 10
+#: When two faces are one picture: ``(distance, max_hamming)`` tiers, a pair joins when it meets any one --
+#: embedding distance (Euclidean, unit-norm, range [0, 2]) under ``distance`` *and* at most ``max_hamming``
+#: of the 64 dHash bits differ. The nearer the embeddings, the more the pixels may differ. Measured on the
+#: 1,365-face imgflip index (2,105 templates, expression v3, 2026-11-22), face crops of every candidate pair
+#: looked at side by side:
+#:
+#: - (0.05, 10): 162 pairs from different files, all one picture ("Woman Yelling At Cat" / "woman yelling at
+#:   cat", "Matrix Morpheus" / "What if i told you", "Executive Order Trump" / "Trump Bill Signing" at 10).
+#: - (0.15, 9): one picture saved at another size or crop can be far apart in the embedding, its landmarks
+#:   and the 48-pixel face resampled differently ("Leonardo DiCaprio Pointing" / "Leonardo Dicaprio pointing
+#:   at tv" 0.122 apart, 9 bits); this tier adds ~30 pairs, one of them two people ("Fabulous Frank" /
+#:   "Hillary Clinton", 0.071, 9 bits). At 10 bits and beyond 0.05, different people come in often
+#:   ("Calculating meme" / "Helpful Tyler Durden", "Tom Cruise laugh" / "WTF").
+#: - (0.5, 7): within 7 bits every pair up to 0.69 apart was one picture (up to 0.5: ~150 more pairs, "Drake
+#:   Hotline Bling" / "Orange Jacket Guy", "Smudge the cat" / "Woman Yelling At Cat"); beyond 0.8 come two
+#:   panels of one meme with two expressions ("Disappointed Black Guy" / "Happy sad", 1.3) and different
+#:   people ("Distracted Boyfriend" / "Sue Sylvester", 1.3), which must stay apart.
+DUPLICATE_RULES: tuple[tuple[float, int], ...] = ((0.05, 10), (0.15, 9), (0.5, 7))
 
 
 def face_dhash(rgb: np.ndarray, box: tuple[int, int, int, int]) -> str:
@@ -55,29 +65,29 @@ def merge_duplicates(
     embeddings: np.ndarray,
     groups: np.ndarray,
     hashes: Sequence[str | None],
-    distance: float = DUPLICATE_DISTANCE,
-    max_hamming: int = DUPLICATE_HAMMING,
-    block: int = 1024,
+    rules: Sequence[tuple[float, int]] = DUPLICATE_RULES,
+    block: int = 256,
 ) -> np.ndarray:
-    """Join the groups of rows that hold the same picture: embeddings nearer than ``distance`` and hashes
-    within ``max_hamming`` bits (union-find, so transitively). A row without a hash joins nothing.
+    """Join the groups of rows that hold the same picture: a pair of rows joins when, for one of ``rules``
+    ``(distance, max_hamming)``, their embeddings are nearer than ``distance`` and their hashes differ in at
+    most ``max_hamming`` bits (union-find, so transitively). A row without a hash joins nothing.
 
     The near pairs are found exactly, without computing all of them: rows are sorted by their projection on
     the embeddings' principal axis, and a block of rows is compared only with the rows whose projection is
-    within ``distance`` of the block's (points nearer than ``distance`` are that near on any unit axis).
-    50,000 faces take about 5 s on 2 busy cores.
+    within the largest ``distance`` of the block's (points nearer than that are that near on any unit axis).
 
     Args:
         embeddings: ``(N, D) float32`` unit-norm rows.
         groups: ``(N,)`` int group of every row (e.g. its source image), numbers 0..G-1.
         hashes: N :func:`face_dhash` values or ``None``.
+        rules: ``(distance, max_hamming)`` tiers (default :data:`DUPLICATE_RULES`).
 
     Returns:
         ``(N,) int64`` groups after the merge, renumbered 0..G'-1.
     """
     groups = np.asarray(groups, dtype=np.int64)
     e = np.asarray(embeddings, dtype=np.float32)
-    if len(e) < 2:
+    if len(e) < 2 or not rules:
         return np.unique(groups, return_inverse=True)[1].astype(np.int64)
     parent = np.arange(int(groups.max()) + 1)
 
@@ -87,24 +97,32 @@ def merge_duplicates(
             g = parent[g]
         return g
 
+    has = np.array([h is not None for h in hashes])
+    bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
+    reach = max(d for d, _ in rules)
+    most_bits = max(h for _, h in rules)
     sample = e[:: max(1, len(e) // 4096)]
     axis = np.linalg.svd(sample - sample.mean(0), full_matrices=False)[2][0]
     order = np.argsort(e @ axis, kind="stable")
-    es, gs = e[order], groups[order]
-    hs = [hashes[i] for i in order]
+    es, gs, hs, ok_hash = e[order], groups[order], bits[order], has[order]
     proj = es @ axis
-    limit = 2.0 - distance * distance  # |a - b|^2 = 2 - 2 a.b for unit vectors: near when 2 a.b > limit
     for start in range(0, len(es), block):
         stop = min(start + block, len(es))
-        lo = int(np.searchsorted(proj, proj[start] - distance, side="left"))
-        hi = int(np.searchsorted(proj, proj[stop - 1] + distance, side="right"))
-        rows, cols = np.nonzero(2.0 * (es[start:stop] @ es[lo:hi].T) > limit)
+        lo = int(np.searchsorted(proj, proj[start] - reach, side="left"))
+        hi = int(np.searchsorted(proj, proj[stop - 1] + reach, side="right"))
+        # the hashes first: few pairs are within the bits, so distances are computed for those alone
+        rows, cols = np.nonzero(np.bitwise_count(hs[start:stop, None] ^ hs[None, lo:hi]) <= most_bits)
         rows += start
         cols += lo
-        other = gs[rows] != gs[cols]
-        for r, c in zip(rows[other], cols[other], strict=True):
-            if hs[r] is None or hs[c] is None or hamming(hs[r], hs[c]) > max_hamming:
-                continue
+        keep = (gs[rows] != gs[cols]) & ok_hash[rows] & ok_hash[cols]
+        rows, cols = rows[keep], cols[keep]
+        sq = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", es[rows], es[cols]), 0.0)  # |a - b|^2, unit vectors
+        flips = np.bitwise_count(hs[rows] ^ hs[cols])
+        join = np.zeros(len(rows), dtype=bool)
+        for distance, max_hamming in rules:
+            join |= (sq < distance * distance) & (flips <= max_hamming)
+        rows, cols = rows[join], cols[join]
+        for r, c in zip(rows, cols, strict=True):
             a, b = root(int(gs[r])), root(int(gs[c]))
             if a != b:
                 parent[max(a, b)] = min(a, b)

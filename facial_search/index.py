@@ -145,7 +145,7 @@ class MemeIndex:
         per picture. The faces of one source image share a group, and so do the faces of source images that
         hold the same picture (the same template saved under two names: a face in each with a near-identical
         embedding and picture hash, :func:`facial_search.dedupe.merge_duplicates`). Computed when first
-        needed (0.15-1 s for the 1,365 imgflip faces, ~5 s for 50,000, on 2 busy cores) and cached until
+        needed (0.05 s for the 1,365 imgflip faces, ~6 s for 50,000, on 2 busy cores) and cached until
         the index changes."""
         if self._groups is None:
             entries = [self._entries[int(i)] for i in self._ids]

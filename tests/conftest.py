@@ -35,6 +35,8 @@ SAMPLE_MEMES = [
     "Blank-Nut-Button.jpg", "Change-My-Mind.jpg", "Waiting-Skeleton.jpg", "Left-Exit-12-Off-Ramp.jpg",
     "Matt-Damon-gets-older.jpg", "Is-Four-A-Lot.jpg", "Blinking-guy.jpg",  # several faces of one person
     "Hide-the-pain-harold.jpg",  # the same picture as Hide-the-Pain-Harold.jpg under another name
+    "Leonardo-DiCaprio-Pointing.jpg", "Leonardo-Dicaprio-pointing-at-tv.jpg",  # one picture, two crops and sizes
+    "Sue-Sylvester.jpg",  # another woman, whose face's hash is 7 bits from Distracted-Boyfriend.jpg's girlfriend
 ]  # fmt: skip
 
 

@@ -85,7 +85,8 @@ def test_merge_duplicates_is_the_brute_force_partition():
     flips = [sum(1 << int(b) for b in rng.choice(64, n, replace=False)) for n in rng.choice([0, 4, 20], 300)]
     hashes = [f"{int(h):016x}" for h in bits] + [f"{int(bits[c]) ^ f:016x}" for c, f in zip(copies, flips, strict=True)]
     hashes[-1] = None  # a face indexed before hashes existed joins nothing
-    got = merge_duplicates(e, groups, hashes, 0.05, 10, block=256)
+    rules = ((0.01, 20), (0.05, 10))
+    got = merge_duplicates(e, groups, hashes, rules, block=256)
     parent = list(range(groups.max() + 1))
 
     def root(g):
@@ -95,7 +96,8 @@ def test_merge_duplicates_is_the_brute_force_partition():
 
     d = np.linalg.norm(e[:, None] - e[None], axis=2)
     for a, b in zip(*np.nonzero(d < 0.05), strict=True):
-        if hashes[a] and hashes[b] and (int(hashes[a], 16) ^ int(hashes[b], 16)).bit_count() <= 10:
+        flips = (int(hashes[a], 16) ^ int(hashes[b], 16)).bit_count() if hashes[a] and hashes[b] else 99
+        if any(d[a, b] < dist and flips <= bits for dist, bits in rules):
             ra, rb = root(groups[a]), root(groups[b])
             parent[max(ra, rb)] = min(ra, rb)
     want = np.array([root(g) for g in groups])
@@ -105,18 +107,19 @@ def test_merge_duplicates_is_the_brute_force_partition():
 
 
 def test_picture_hashes_of_a_real_index(meme_index, shared):
-    """Indexing records each face's dHash: one template saved twice agrees within DUPLICATE_HAMMING bits,
+    """Indexing records each face's dHash: one template saved twice agrees within the duplicate rules' bits,
     different memes do not, and the hash survives halving the picture."""
     import cv2
 
-    from facial_search.dedupe import DUPLICATE_HAMMING, face_dhash, hamming
+    from facial_search.dedupe import DUPLICATE_RULES, face_dhash, hamming
     from facial_search.imageio import load_image
 
+    most_bits = max(bits for _, bits in DUPLICATE_RULES)
     by_name = {os.path.basename(e.source): e for e in MemeIndex.load(meme_index).entries() if e.face == 0}
     h1, h2 = by_name["Hide-the-Pain-Harold.jpg"], by_name["Hide-the-pain-harold.jpg"]
-    assert hamming(h1.picture_hash, h2.picture_hash) <= DUPLICATE_HAMMING
+    assert hamming(h1.picture_hash, h2.picture_hash) <= most_bits
     others = [e.picture_hash for n, e in by_name.items() if "arold" not in n]
-    assert len(others) > 20 and min(hamming(h1.picture_hash, o) for o in others) > DUPLICATE_HAMMING
+    assert len(others) > 20 and min(hamming(h1.picture_hash, o) for o in others) > most_bits
     rgb = load_image(h1.source)
     half = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
     assert face_dhash(rgb, h1.box) == h1.picture_hash
@@ -225,3 +228,31 @@ def test_newer_format_and_garbage_refused(tmp_path):
     p.write_text("not an index")
     with pytest.raises(IndexFormatError):
         MemeIndex.load(p)
+
+
+def test_duplicate_groups_of_a_real_index(meme_index):
+    """One picture saved at two sizes joins one group even when its two embeddings are far apart (the
+    Leonardo DiCaprio pair: resampled differently, farther than the nearest tier's 0.05); another woman whose
+    face hash is within 7 bits of a face of Distracted Boyfriend stays apart (her embedding is far)."""
+    from facial_search.dedupe import hamming
+
+    index = MemeIndex.load(meme_index)
+    rows = {(os.path.basename(e.source), e.face): i for i, e in enumerate(index.entries())}
+    groups, emb, entries = index.source_groups(), index.embeddings, index.entries()
+
+    def group(name):
+        return {int(groups[i]) for (n, _), i in rows.items() if n == name}
+
+    harold, harold2 = group("Hide-the-Pain-Harold.jpg"), group("Hide-the-pain-harold.jpg")
+    assert harold == harold2 and len(harold) == 1
+    leo, leo_tv = rows["Leonardo-DiCaprio-Pointing.jpg", 0], rows["Leonardo-Dicaprio-pointing-at-tv.jpg", 0]
+    assert groups[leo] == groups[leo_tv]
+    assert np.linalg.norm(emb[leo] - emb[leo_tv]) > 0.05  # only a farther tier joins them
+    sue = rows["Sue-Sylvester.jpg", 0]
+    near_hash = [
+        i
+        for (n, _), i in rows.items()
+        if n == "Distracted-Boyfriend.jpg" and hamming(entries[i].picture_hash, entries[sue].picture_hash) <= 7
+    ]
+    assert near_hash and group("Sue-Sylvester.jpg").isdisjoint(group("Distracted-Boyfriend.jpg"))
+    assert groups.max() + 1 == len({e.source for e in entries}) - 2  # the two pairs, nothing else, merged

@@ -114,14 +114,15 @@ def test_search_gives_k_different_memes_unless_all_faces(meme_index):
         photo = MEMES / "Matt-Damon-gets-older.jpg"
         grouped = fs.search(photo, k=5)
         every = fs.search(photo, k=len(fs.index), group_by_source=False)
+        picture = dict(zip(fs.index.ids.tolist(), fs.index.source_groups().tolist(), strict=True))
     assert len(grouped) == len(every) >= 2
     assert any(len({m.source for m in fm.matches[:5]}) < 5 for fm in every)  # without grouping: repeats
     for g, e in zip(grouped, every, strict=True):
         assert g.matches[0].source == str(photo) and g.matches[0].distance < 1e-3  # the face itself
-        seen, first_faces = set(), []  # the faces ranking with every later face of a meme already seen dropped
-        for m in e.matches:
-            if m.source not in seen:
-                seen.add(m.source)
+        seen, first_faces = set(), []  # the faces ranking with every later face of a picture already seen dropped
+        for m in e.matches:  # (one picture: a source image, and the other sources that hold the same picture)
+            if picture[m.id] not in seen:
+                seen.add(picture[m.id])
                 first_faces.append((m.id, m.distance))
         assert [(m.id, m.distance) for m in g.matches] == first_faces[:5]
         assert [m.rank for m in g.matches] == [1, 2, 3, 4, 5]
