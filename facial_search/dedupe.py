@@ -19,20 +19,22 @@ import numpy as np
 #: When two faces are one picture: ``(distance, max_hamming)`` tiers, a pair joins when it meets any one --
 #: embedding distance (Euclidean, unit-norm, range [0, 2]) under ``distance`` *and* at most ``max_hamming``
 #: of the 64 dHash bits differ. The nearer the embeddings, the more the pixels may differ. Measured on the
-#: 1,365-face imgflip index (2,105 templates, expression v3, 2026-11-22), face crops of every candidate pair
-#: looked at side by side:
+#: 1,365-face imgflip index (2,105 templates, expression v3, 2026-11-22), face crops of candidate pairs
+#: from different files looked at side by side (all those with 5-10 bits, the farthest 66 with 0-4):
 #:
-#: - (0.05, 10): 162 pairs from different files, all one picture ("Woman Yelling At Cat" / "woman yelling at
-#:   cat", "Matrix Morpheus" / "What if i told you", "Executive Order Trump" / "Trump Bill Signing" at 10).
+#: - (0.05, 10): 162 pairs, whose titles name one meme ("Woman Yelling At Cat" / "woman yelling at cat",
+#:   "Matrix Morpheus" / "What if i told you", "Executive Order Trump" / "Trump Bill Signing" at 10).
 #: - (0.15, 9): one picture saved at another size or crop can be far apart in the embedding, its landmarks
 #:   and the 48-pixel face resampled differently ("Leonardo DiCaprio Pointing" / "Leonardo Dicaprio pointing
-#:   at tv" 0.122 apart, 9 bits); this tier adds ~30 pairs, one of them two people ("Fabulous Frank" /
-#:   "Hillary Clinton", 0.071, 9 bits). At 10 bits and beyond 0.05, different people come in often
-#:   ("Calculating meme" / "Helpful Tyler Durden", "Tom Cruise laugh" / "WTF").
-#: - (0.5, 7): within 7 bits every pair up to 0.69 apart was one picture (up to 0.5: ~150 more pairs, "Drake
+#:   at tv" 0.122 apart, 9 bits); 216 more pairs, one of them two people ("Fabulous Frank" / "Hillary
+#:   Clinton", 0.071, 9 bits). At 10 bits beyond 0.05, different people come in often ("Calculating meme" /
+#:   "Helpful Tyler Durden", "Tom Cruise laugh" / "WTF").
+#: - (0.5, 7): within 7 bits every pair up to 0.69 apart was one picture (up to 0.5: 122 more pairs, "Drake
 #:   Hotline Bling" / "Orange Jacket Guy", "Smudge the cat" / "Woman Yelling At Cat"); beyond 0.8 come two
 #:   panels of one meme with two expressions ("Disappointed Black Guy" / "Happy sad", 1.3) and different
 #:   people ("Distracted Boyfriend" / "Sue Sylvester", 1.3), which must stay apart.
+#:
+#: The 1,109 source files make 1,010 picture groups with the first tier alone, 895 with all three.
 DUPLICATE_RULES: tuple[tuple[float, int], ...] = ((0.05, 10), (0.15, 9), (0.5, 7))
 
 
@@ -74,7 +76,9 @@ def merge_duplicates(
 
     The near pairs are found exactly, without computing all of them: rows are sorted by their projection on
     the embeddings' principal axis, and a block of rows is compared only with the rows whose projection is
-    within the largest ``distance`` of the block's (points nearer than that are that near on any unit axis).
+    within the largest ``distance`` of the block's (points nearer than that are that near on any unit axis);
+    within a block the hashes are compared first (few pairs pass), the distances then for those alone.
+    50,000 faces take about 6 s on 2 busy cores (FER+ embeddings with random or index-like hashes).
 
     Args:
         embeddings: ``(N, D) float32`` unit-norm rows.
@@ -110,7 +114,6 @@ def merge_duplicates(
         stop = min(start + block, len(es))
         lo = int(np.searchsorted(proj, proj[start] - reach, side="left"))
         hi = int(np.searchsorted(proj, proj[stop - 1] + reach, side="right"))
-        # the hashes first: few pairs are within the bits, so distances are computed for those alone
         rows, cols = np.nonzero(np.bitwise_count(hs[start:stop, None] ^ hs[None, lo:hi]) <= most_bits)
         rows += start
         cols += lo
