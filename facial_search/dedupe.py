@@ -114,13 +114,14 @@ def merge_duplicates(
         stop = min(start + block, len(es))
         lo = int(np.searchsorted(proj, proj[start] - reach, side="left"))
         hi = int(np.searchsorted(proj, proj[stop - 1] + reach, side="right"))
-        rows, cols = np.nonzero(np.bitwise_count(hs[start:stop, None] ^ hs[None, lo:hi]) <= most_bits)
+        block_flips = np.bitwise_count(hs[start:stop, None] ^ hs[None, lo:hi])
+        rows, cols = np.nonzero(block_flips <= most_bits)
+        flips = block_flips[rows, cols]
         rows += start
         cols += lo
         keep = (gs[rows] != gs[cols]) & ok_hash[rows] & ok_hash[cols]
-        rows, cols = rows[keep], cols[keep]
+        rows, cols, flips = rows[keep], cols[keep], flips[keep]
         sq = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", es[rows], es[cols]), 0.0)  # |a - b|^2, unit vectors
-        flips = np.bitwise_count(hs[rows] ^ hs[cols])
         join = np.zeros(len(rows), dtype=bool)
         for distance, max_hamming in rules:
             join |= (sq < distance * distance) & (flips <= max_hamming)
