@@ -43,7 +43,7 @@ def fer_subset(tmp_path: Path, counts: dict[str, int]) -> tuple[Path, Path]:
 
 
 def test_train_few_steps_and_export(tmp_path, monkeypatch):
-    from facial_search.embedders.expression import ExpressionEmbedder
+    from facial_search.embedders.expression import GENERATION, ExpressionEmbedder
     from training import train
 
     monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
@@ -62,7 +62,7 @@ def test_train_few_steps_and_export(tmp_path, monkeypatch):
     assert summary["best_valid"]["epoch"] == 2
     emb = ExpressionEmbedder(model_file=out)
     # other weights, another version: an index made with the shipped model refuses these vectors
-    assert emb.version != ExpressionEmbedder().version and emb.version.startswith("3+")
+    assert emb.version != ExpressionEmbedder().version and emb.version.startswith(f"{GENERATION}+")
     x = np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.float32)
     e, p = emb.run(x)
     assert e.shape == (3, 64) and p.shape == (3, 8)
