@@ -13,6 +13,6 @@ FACES = SHARED / "data" / "faces"
 VIDEOS = SHARED / "data" / "videos"
 os.environ.setdefault("FACIAL_SEARCH_MODELS", str(MODELS))
 
-from facial_search.native_log import silence_native_stderr  # noqa: E402
+from facial_search.io.native_log import silence_native_stderr  # noqa: E402
 
 silence_native_stderr()

@@ -23,8 +23,8 @@ from _common import FACES, MEMES, SHARED
 
 from facial_search.embedders.expression import ExpressionEmbedder
 from facial_search.errors import ImageError
-from facial_search.faces import FaceFinder, FaceFinderOptions, detect_in_crop
-from facial_search.imageio import load_image
+from facial_search.io.images import load_image
+from facial_search.vision.faces import FaceFinder, FaceFinderOptions, detect_in_crop
 
 
 def _back_to_back(detect, embed, rounds: int) -> tuple[float, float]:

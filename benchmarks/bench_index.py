@@ -4,7 +4,7 @@ All run in this process's session, one after the other, so the ratios hold on a 
 
 - per-core ratio = images/s of `facial-search index --workers 1` / images/s of the bare loop making the
   same detector calls (goal >= 0.85): the whole image, and where it shows no face, its four tiles with a
-  detector of confidence 0.75 (`facial_search.faces.detect_in_tiles`);
+  detector of confidence 0.75 (`facial_search.vision.faces.detect_in_tiles`);
 - the same for `--no-tiles` against a bare loop of whole images only;
 - two-core speed-up = images/s with `--workers 2` / with `--workers 1` (goal >= 1.6x);
 - what the tiles cost: images/s with them / with `--no-tiles`.
@@ -33,7 +33,7 @@ from _common import MEMES, MODELS
 from mediapipe.tasks.python import BaseOptions, vision
 from PIL import Image
 
-from facial_search.faces import TILE_MIN_CONFIDENCE, TILE_MIN_SIDE, tile_windows
+from facial_search.vision.faces import TILE_MIN_CONFIDENCE, TILE_MIN_SIDE, tile_windows
 
 
 def bare_loop(files: list[Path], tiles: bool) -> float:

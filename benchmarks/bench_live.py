@@ -40,10 +40,10 @@ SHARED = Path(os.environ.get("FACIAL_SEARCH_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("FACIAL_SEARCH_MODELS", str(SHARED / "models"))
 sys.path.insert(0, str(ROOT))
 
-from facial_search.faces import FaceFinder, FaceFinderOptions  # noqa: E402
-from facial_search.live import FrameSource, LiveConfig, LiveSession, next_timestamp, run_stream  # noqa: E402
-from facial_search.one_euro import OneEuroFilter, OneEuroParams  # noqa: E402
+from facial_search.live.one_euro import OneEuroFilter, OneEuroParams  # noqa: E402
+from facial_search.live.session import FrameSource, LiveConfig, LiveSession, next_timestamp, run_stream  # noqa: E402
 from facial_search.pipeline import FacialSearch  # noqa: E402
+from facial_search.vision.faces import FaceFinder, FaceFinderOptions  # noqa: E402
 
 VIDEO = SHARED / "data" / "videos" / "WolfgangLanger_Pexels.mp4"
 
@@ -352,7 +352,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
-    from facial_search.native_log import silence_native_stderr
+    from facial_search.io.native_log import silence_native_stderr
 
     silence_native_stderr()
     figures = {"filter": bench_filter(Path(args.video))}

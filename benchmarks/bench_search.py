@@ -17,8 +17,9 @@ from pathlib import Path
 import _common  # noqa: F401
 from _common import FACES, MEMES
 
-from facial_search.imageio import load_image
-from facial_search.pipeline import FacialSearch, build_index
+from facial_search.indexing import build_index
+from facial_search.io.images import load_image
+from facial_search.pipeline import FacialSearch
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
-from .assets import cache_dir
-from .errors import FacialSearchError
+from facial_search.errors import FacialSearchError
+from facial_search.io.assets import cache_dir
 
 #: Where the project's development data lives (a checkout with ../shared beside it).
 SHARED_CANDIDATES = ("../shared", "shared")
@@ -57,7 +57,7 @@ def download_memes(
     Returns:
         ``(files present, [failure messages])``; a failed or mismatching file is reported and left out.
     """
-    from .progress import progress as progress_bar
+    from facial_search.io.progress import progress as progress_bar
 
     dest.mkdir(parents=True, exist_ok=True)
     items = meme_list() if items is None else items
@@ -91,9 +91,10 @@ def download_memes(
 
 
 def run_demo(args) -> int:
-    from . import render
-    from .errors import EmbedderMismatchError, NoFaceError
-    from .pipeline import FacialSearch, build_index, find_images
+    from facial_search import render
+    from facial_search.errors import EmbedderMismatchError, NoFaceError
+    from facial_search.indexing import build_index, find_images
+    from facial_search.pipeline import FacialSearch
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import load_image
-from .progress import progress as progress_bar
-from .workers import WorkerConfig, current_pipeline, default_workers, map_images
+from facial_search.io.images import load_image
+from facial_search.io.progress import progress as progress_bar
+from facial_search.parallel import WorkerConfig, current_pipeline, default_workers, map_images
 
 PAIRS = ("ab", "ac", "bc")
 
@@ -83,7 +83,7 @@ def transform_image(rgb: np.ndarray, transform: str) -> np.ndarray:
 
 def _embed_one(task: tuple[str, bool, str]) -> np.ndarray:
     """Worker task: the embedding of the largest face of one image (the whole image when none is found)."""
-    from .faces import whole_image_face
+    from facial_search.vision.faces import whole_image_face
 
     path, cropped, transform = task
     pipeline = current_pipeline()

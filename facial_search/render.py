@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .imageio import load_image
-from .pipeline import SearchResult
+from facial_search.io.images import load_image
+from facial_search.pipeline import SearchResult
 
 THUMB = 220  # thumbnail height, pixels
 _PAD = 12

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from facial_search.native_log import silence_native_stderr
+from facial_search.io.native_log import silence_native_stderr
 from facial_search.pipeline import FacialSearch
 from facial_search.render import save_picture
 

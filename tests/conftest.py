@@ -55,7 +55,7 @@ def sample_memes() -> list[Path]:
 @pytest.fixture(scope="session")
 def meme_index(tmp_path_factory, sample_memes) -> Path:
     """A real index (default embedder) of the sample memes, built once per test session."""
-    from facial_search.pipeline import build_index
+    from facial_search.indexing import build_index
 
     out = tmp_path_factory.mktemp("index") / "memes.fsindex"
     index, report = build_index(sample_memes, out, titles=MEMES.parent / "imgflip.csv", workers=2, progress=False)

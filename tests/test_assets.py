@@ -9,8 +9,8 @@ import threading
 import pytest
 from conftest import MODELS
 
-from facial_search.assets import FACE_LANDMARKER, Asset, download_asset, find_asset, sha256_file
 from facial_search.errors import AssetError
+from facial_search.io.assets import FACE_LANDMARKER, Asset, download_asset, find_asset, sha256_file
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -16,7 +16,7 @@ import pytest
 from conftest import FACES, MEMES
 from PIL import Image
 
-from facial_search.index import MemeIndex
+from facial_search.index.store import MemeIndex
 
 CLI = [sys.executable, "-m", "facial_search.cli"]
 

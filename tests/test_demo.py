@@ -12,7 +12,7 @@ from argparse import Namespace
 from conftest import FACES, MEMES
 
 from facial_search.demo import download_memes, meme_list, run_demo
-from facial_search.index import MemeIndex
+from facial_search.index.store import MemeIndex
 
 
 def test_demo_page_has_three_matches_per_face(sample_memes, tmp_path):

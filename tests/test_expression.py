@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facial_search.align import DEFAULT_SIZE, TEMPLATE, align_face, similarity_transform
 from facial_search.embedders import get_embedder
 from facial_search.embedders.expression import GENERATION, MODEL_FILE, ExpressionEmbedder, model_path
-from facial_search.faces import FaceFinder, FaceFinderOptions, whole_image_face
-from facial_search.imageio import load_image
+from facial_search.io.images import load_image
+from facial_search.vision.align import DEFAULT_SIZE, TEMPLATE, align_face, similarity_transform
+from facial_search.vision.faces import FaceFinder, FaceFinderOptions, whole_image_face
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FERPLUS = Path(os.environ.get("FERPLUS_DIR", SHARED / "data" / "ferplus"))
@@ -61,7 +61,7 @@ def test_align_whole_image_and_landmarks_shapes():
     assert align_face(img, None).shape == (DEFAULT_SIZE, DEFAULT_SIZE)
     lm = np.zeros((478, 3), np.float32)
     lm[:, :2] = 0.5
-    from facial_search.align import ALIGN_LANDMARKS
+    from facial_search.vision.align import ALIGN_LANDMARKS
 
     lm[list(ALIGN_LANDMARKS), :2] = TEMPLATE * 0.2 + 0.4  # a small face in a big image: the shrinking path
     out = align_face(img, lm)

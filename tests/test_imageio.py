@@ -10,7 +10,7 @@ from conftest import FACES
 from PIL import Image
 
 from facial_search.errors import ImageError
-from facial_search.imageio import load_image
+from facial_search.io.images import load_image
 
 
 def _png_bytes(im: Image.Image, **kw) -> bytes:

@@ -11,9 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from facial_search.dedupe import merge_duplicates
 from facial_search.errors import EmbedderMismatchError, IndexFormatError
-from facial_search.index import EmbedderInfo, FileRecord, MemeIndex
+from facial_search.index.dedupe import merge_duplicates
+from facial_search.index.store import EmbedderInfo, FileRecord, MemeIndex
 
 INFO = EmbedderInfo("test", "1", 8)
 
@@ -111,8 +111,8 @@ def test_picture_hashes_of_a_real_index(meme_index, shared):
     different memes do not, and the hash survives halving the picture."""
     import cv2
 
-    from facial_search.dedupe import DUPLICATE_RULES, face_dhash, hamming
-    from facial_search.imageio import load_image
+    from facial_search.index.dedupe import DUPLICATE_RULES, face_dhash, hamming
+    from facial_search.io.images import load_image
 
     most_bits = max(bits for _, bits in DUPLICATE_RULES)
     by_name = {os.path.basename(e.source): e for e in MemeIndex.load(meme_index).entries() if e.face == 0}
@@ -234,7 +234,7 @@ def test_duplicate_groups_of_a_real_index(meme_index):
     """One picture saved at two sizes joins one group even when its two embeddings are far apart (the
     Leonardo DiCaprio pair: resampled differently, farther than the nearest tier's 0.05); another woman whose
     face hash is within 7 bits of a face of Distracted Boyfriend stays apart (her embedding is far)."""
-    from facial_search.dedupe import hamming
+    from facial_search.index.dedupe import hamming
 
     index = MemeIndex.load(meme_index)
     rows = {(os.path.basename(e.source), e.face): i for i, e in enumerate(index.entries())}

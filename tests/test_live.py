@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from facial_search.cli import main
-from facial_search.faces import Face
-from facial_search.tracking import MatchHysteresis, Tracker, box_iou, match_boxes
+from facial_search.live.tracking import MatchHysteresis, Tracker, box_iou, match_boxes
+from facial_search.vision.faces import Face
 
 
 @pytest.fixture(autouse=True)

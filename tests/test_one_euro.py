@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facial_search.one_euro import OneEuroFilter, OneEuroParams, smoothing_factor
+from facial_search.live.one_euro import OneEuroFilter, OneEuroParams, smoothing_factor
 
 FPS = 30.0
 

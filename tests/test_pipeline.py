@@ -11,7 +11,10 @@ from conftest import FACES, FERPLUS, MEMES
 from facial_search.embedders import get_embedder
 from facial_search.errors import EmbedderMismatchError, NoFaceError
 from facial_search.evaluate import Triplet, evaluate, transform_image, triplet_accuracy
-from facial_search.faces import (
+from facial_search.index.store import EmbedderInfo, MemeIndex
+from facial_search.io.images import load_image
+from facial_search.pipeline import FacialSearch, Pipeline
+from facial_search.vision.faces import (
     CROP_PAD,
     NUM_BLENDSHAPES,
     NUM_LANDMARKS,
@@ -19,9 +22,6 @@ from facial_search.faces import (
     detect_in_crop,
     tile_windows,
 )
-from facial_search.imageio import load_image
-from facial_search.index import EmbedderInfo, MemeIndex
-from facial_search.pipeline import FacialSearch, Pipeline
 
 
 @pytest.fixture(scope="module")

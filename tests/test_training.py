@@ -25,7 +25,7 @@ def fer_subset(tmp_path: Path, counts: dict[str, int]) -> tuple[Path, Path]:
     """A training cache of the first ``counts[split]`` faces of each split (detected and aligned for real,
     :func:`training.prepare.write_subset_cache`) and a triplet CSV over FER2013Valid's, in threes:
     ``(cache folder, triplets.csv)``. Needs ``FACIAL_SEARCH_MODELS`` set."""
-    from facial_search.faces import FaceFinder, FaceFinderOptions
+    from facial_search.vision.faces import FaceFinder, FaceFinderOptions
     from training import prepare
 
     cache = tmp_path / "cache"
@@ -99,9 +99,9 @@ def test_down2_views_blur_before_alignment():
     clean aligned face), aligned like it (close in the mean), the whole ones like the whole crop."""
     import cv2
 
-    from facial_search.align import align_face
-    from facial_search.faces import FaceFinder, FaceFinderOptions
-    from facial_search.imageio import load_image
+    from facial_search.io.images import load_image
+    from facial_search.vision.align import align_face
+    from facial_search.vision.faces import FaceFinder, FaceFinderOptions
     from training.prepare import detect_crop, down2_views, read_labels
 
     names, _ = read_labels("FER2013Train", FERPLUS)

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi", reason="the web extra (fastapi, uvicorn, python-m
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from facial_search.web import MAX_UPLOAD_BYTES, SearchPool, create_app  # noqa: E402
+from facial_search.web.app import MAX_UPLOAD_BYTES, SearchPool, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

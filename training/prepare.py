@@ -1,10 +1,10 @@
 """Detect and align every FER+ image once; cache uint8 arrays under ``training/cache/``.
 
 Stage 1 (``landmarks_<split>_v2.npz``): MediaPipe FaceLandmarker (IMAGE mode, one face) on each 48x48 crop
-through :func:`facial_search.faces.detect_in_crop`, the run-time crop detector (edge-padded crop, then
+through :func:`facial_search.vision.faces.detect_in_crop`, the run-time crop detector (edge-padded crop, then
 sharpened, then plain), landmarks in the crop's own normalised coordinates. Two worker processes.
 
-Stage 2 (``aligned_<split>_48_v2.npz``): :func:`facial_search.align.align_face` on each crop with its landmarks
+Stage 2 (``aligned_<split>_48_v2.npz``): :func:`facial_search.vision.align.align_face` on each crop with its landmarks
 (or the whole crop when none were found) -- exactly the run-time recipe --, the whole crop resized (the
 fallback path, used as an augmentation) and the 10 FER+ vote counts.
 
@@ -13,8 +13,8 @@ Stage 3 (``down2_FER2013Train_48_v2.npz``): each training crop halved and brough
 low-resolution face (~40 s).
 
 ``python -m training.prepare`` (all stages, skips what is cached); ``--measure-template`` prints the
-median positions of :data:`facial_search.align.ALIGN_LANDMARKS` over detected FER2013Train crops (the
-source of :data:`facial_search.align.TEMPLATE`).
+median positions of :data:`facial_search.vision.align.ALIGN_LANDMARKS` over detected FER2013Train crops (the
+source of :data:`facial_search.vision.align.TEMPLATE`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facial_search.faces import detect_in_crop
+from facial_search.vision.faces import detect_in_crop
 
 SPLITS = ("FER2013Train", "FER2013Valid", "FER2013Test")
 
 #: Bumped whenever detection or alignment changes, so that a cache made by older code is never reused
-#: (v2: the sharpening tries of :func:`facial_search.faces.detect_in_crop`).
+#: (v2: the sharpening tries of :func:`facial_search.vision.faces.detect_in_crop`).
 CACHE_VERSION = 2
 
 
@@ -77,7 +77,7 @@ _finder = None
 
 def _init_worker() -> None:
     global _finder
-    from facial_search.faces import FaceFinder, FaceFinderOptions
+    from facial_search.vision.faces import FaceFinder, FaceFinderOptions
 
     _finder = FaceFinder.create_from_options(FaceFinderOptions(max_faces=1))
 
@@ -85,7 +85,7 @@ def _init_worker() -> None:
 def detect_crop(finder, rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
     """Landmarks ``(478, 3)`` of a ready-made face crop in its own normalised coordinates, or None.
 
-    Returns ``(landmarks, how)`` with how = 1 (found by :func:`facial_search.faces.detect_in_crop`, the
+    Returns ``(landmarks, how)`` with how = 1 (found by :func:`facial_search.vision.faces.detect_in_crop`, the
     run-time crop detector) or 0 (none found).
     """
     face = detect_in_crop(finder, rgb)
@@ -93,7 +93,7 @@ def detect_crop(finder, rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
 
 
 def _detect_one(path: str):
-    from facial_search.imageio import load_image
+    from facial_search.io.images import load_image
 
     lm, how = detect_crop(_finder, load_image(path))
     return (lm.astype(np.float32) if lm is not None else None), how
@@ -123,7 +123,7 @@ def detect_split(split: str, workers: int = 2) -> Path:
 
 
 def measure_template(split: str = "FER2013Train") -> np.ndarray:
-    from facial_search.align import ALIGN_LANDMARKS
+    from facial_search.vision.align import ALIGN_LANDMARKS
 
     d = np.load(landmarks_file(split))
     lm = d["landmarks"][d["how"] > 0][:, list(ALIGN_LANDMARKS), :2]
@@ -131,8 +131,8 @@ def measure_template(split: str = "FER2013Train") -> np.ndarray:
 
 
 def align_split(split: str, size: int | None = None) -> Path:
-    from facial_search.align import DEFAULT_SIZE, align_face
-    from facial_search.imageio import load_image
+    from facial_search.io.images import load_image
+    from facial_search.vision.align import DEFAULT_SIZE, align_face
 
     size = size or DEFAULT_SIZE
     out = aligned_file(split, size)
@@ -165,7 +165,7 @@ def down2_views(rgb: np.ndarray, landmarks: np.ndarray | None, size: int) -> np.
     whole box)."""
     from PIL import Image
 
-    from facial_search.align import align_face
+    from facial_search.vision.align import align_face
 
     h, w = rgb.shape[:2]
     out = np.zeros((4, size, size), np.uint8)
@@ -180,8 +180,8 @@ def down2_views(rgb: np.ndarray, landmarks: np.ndarray | None, size: int) -> np.
 def down2_split(split: str, size: int | None = None, cache: Path | None = None) -> Path:
     """Stage 3 (``down2_<split>_48_v2.npz``, FER2013Train only): :func:`down2_views` of every crop, the
     training's 2x down-up augmentation (from the stage-1 landmarks; a few minutes, one process)."""
-    from facial_search.align import DEFAULT_SIZE
-    from facial_search.imageio import load_image
+    from facial_search.io.images import load_image
+    from facial_search.vision.align import DEFAULT_SIZE
 
     size = size or DEFAULT_SIZE
     out = down2_file(split, size, cache)
@@ -201,8 +201,8 @@ def down2_split(split: str, size: int | None = None, cache: Path | None = None) 
 
 def write_subset_cache(split: str, n: int, out_dir: Path, finder, root: Path | None = None) -> Path:
     """Detect + align the first ``n`` images of ``split`` in this process into ``out_dir`` (tests)."""
-    from facial_search.align import DEFAULT_SIZE, align_face
-    from facial_search.imageio import load_image
+    from facial_search.io.images import load_image
+    from facial_search.vision.align import DEFAULT_SIZE, align_face
 
     root = root or data_dir()
     names, votes = read_labels(split, root)

@@ -4,7 +4,7 @@
 
 Recipe (one seeded command; prepares the aligned-face cache first if missing, see training/prepare.py):
 
-- input: the aligned 48x48 grey face (:func:`facial_search.align.align_face`); each image is standardised
+- input: the aligned 48x48 grey face (:func:`facial_search.vision.align.align_face`); each image is standardised
   (zero mean, unit std) inside the network, so brightness/contrast changes mostly cancel;
 - network: a small VGG-style CNN (28-56-112-224 channels, ~0.91 M parameters) -> 64-d unit-norm embedding
   ``z``; a linear head on ``z`` gives 8 emotion logits;
@@ -286,7 +286,7 @@ def export_onnx(model: ExpressionNet, path: Path) -> None:
     import onnx
 
     m = onnx.load(str(path))
-    meta = {"input": "image: (N, 48, 48) float32 grey pixels 0..255, aligned by facial_search.align",
+    meta = {"input": "image: (N, 48, 48) float32 grey pixels 0..255, aligned by facial_search.vision.align",
             "outputs": "embedding (N, 64) unit-norm, probs (N, 8) neutral happiness surprise sadness anger "
                        "disgust fear contempt"}  # fmt: skip
     for k, v in meta.items():

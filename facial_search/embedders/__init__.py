@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..faces import Face
+from facial_search.vision.faces import Face
 
 
 @runtime_checkable
@@ -40,8 +40,8 @@ class Embedder(Protocol):
 
         Args:
             image: ``(H, W, 3) uint8`` RGB, the image the faces were found in.
-            faces: faces from :class:`~facial_search.faces.FaceFinder`, or a whole-image face
-                (:func:`~facial_search.faces.whole_image_face`, no landmarks) for a ready-made face crop.
+            faces: faces from :class:`~facial_search.vision.faces.FaceFinder`, or a whole-image face
+                (:func:`~facial_search.vision.faces.whole_image_face`, no landmarks) for a ready-made face crop.
 
         Returns:
             ``(len(faces), dim) float32``, each row unit-norm (L2).

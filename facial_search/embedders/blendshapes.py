@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..faces import NUM_BLENDSHAPES, Face
+from facial_search.vision.faces import NUM_BLENDSHAPES, Face
+
 from . import l2_normalize
 
 #: Centre subtracted from the blendshapes before normalising: 0.1 in every dimension (scores are in [0, 1]

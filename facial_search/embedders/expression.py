@@ -1,7 +1,7 @@
 """The learned expression embedder: aligned grey face -> 64-d unit-norm vector (ONNX Runtime, CPU).
 
 Each face is aligned from its MediaPipe landmarks to the canonical FER+-framed template
-(:func:`facial_search.align.align_face`, 48x48 grey); a face without landmarks (a ready-made crop the
+(:func:`facial_search.vision.align.align_face`, 48x48 grey); a face without landmarks (a ready-made crop the
 detector missed) is the whole image. The network (``facial_search/models/expression-v3.onnx``, a small CNN
 trained on FER+ vote distributions, int8-quantised, see ``facial_search/models/MODEL_CARD.md``) embeds the
 face and its mirror image and averages the two, so a mirrored face gets the same vector. No torch at run
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..align import DEFAULT_SIZE, align_face
-from ..faces import Face
+from facial_search.vision.align import DEFAULT_SIZE, align_face
+from facial_search.vision.faces import Face
+
 from . import l2_normalize
 
 #: File of the weights inside ``facial_search/models``.

@@ -118,7 +118,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray | None, size: int = DEFA
     Args:
         image: ``(H, W, 3) uint8`` RGB (``(H, W)`` grey is accepted too).
         landmarks: ``(478, 3)`` landmarks of one face, x and y normalised to [0, 1] by the image width and
-            height (:attr:`facial_search.faces.Face.landmarks`), or ``None``: the whole image is the face.
+            height (:attr:`facial_search.vision.faces.Face.landmarks`), or ``None``: the whole image is the face.
         size: output side in pixels.
     """
     if landmarks is None:

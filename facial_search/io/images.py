@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from facial_search.errors import ImageError
 
 #: Largest image accepted, in pixels (width x height). 64 megapixels holds any camera photo; a 20000x20000
 #: PNG (400 Mpx, 1.2 GB decoded) is refused from its header alone.

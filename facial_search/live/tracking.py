@@ -3,7 +3,7 @@
 - :func:`match_boxes`: pairs the faces of a frame with the tracks of the previous ones (greedy on box IoU,
   centre distance as a fallback; a handful of faces needs no Hungarian algorithm).
 - :class:`Tracker`: gives each face a track id that it keeps across frames, smooths each track's 478
-  landmarks with a :class:`~facial_search.one_euro.OneEuroFilter`, ends a track after it has been missing
+  landmarks with a :class:`~facial_search.live.one_euro.OneEuroFilter`, ends a track after it has been missing
   ``max_missing`` frames (its id is never reused; a face that comes back gets a new id and a fresh filter).
 - :class:`MatchHysteresis`: a track's top-k memes change only when a new meme wins clearly (by ``margin``)
   or for ``hold`` updates in a row, so the shown matches do not flicker.
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .faces import Face, box_from_landmarks, box_iou
-from .one_euro import OneEuroFilter, OneEuroParams
+from facial_search.live.one_euro import OneEuroFilter, OneEuroParams
+from facial_search.vision.faces import Face, box_from_landmarks, box_iou
 
 Box = tuple[int, int, int, int]
 
@@ -116,7 +116,7 @@ class Tracker:
 
     Args:
         filter_params: One Euro parameters for the landmarks in pixels (default: the module defaults of
-            :mod:`facial_search.one_euro`); ``None`` turns smoothing off.
+            :mod:`facial_search.live.one_euro`); ``None`` turns smoothing off.
         max_missing: a track not seen for more than this many frames in a row ends (its filter with it).
         min_iou, max_centre: association thresholds (see :func:`match_boxes`).
 

@@ -15,7 +15,7 @@ import mediapipe as mp
 import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
-from .assets import find_asset
+from facial_search.io.assets import find_asset
 
 #: Landmark count of the FaceLandmarker v1 model (468 FaceMesh points + 10 iris points).
 NUM_LANDMARKS = 478
@@ -65,7 +65,7 @@ class FaceFinderOptions:
     """Options of :class:`FaceFinder` (MediaPipe ``FaceLandmarkerOptions`` with sane defaults).
 
     Attributes:
-        model_path: path of ``face_landmarker.task``; ``None`` finds or downloads it (:mod:`facial_search.assets`).
+        model_path: path of ``face_landmarker.task``; ``None`` finds or downloads it (:mod:`facial_search.io.assets`).
         max_faces: most faces returned per image (MediaPipe ``num_faces``).
         min_detection_confidence: BlazeFace score threshold, [0, 1].
         min_presence_confidence: face presence threshold of the landmark model, [0, 1].
@@ -118,7 +118,7 @@ class FaceFinder:
         """Faces in one image (IMAGE mode).
 
         Args:
-            image: ``(H, W, 3) uint8`` RGB (see :func:`facial_search.imageio.load_image`).
+            image: ``(H, W, 3) uint8`` RGB (see :func:`facial_search.io.images.load_image`).
 
         Returns:
             faces sorted left to right by box x; empty when there is none.

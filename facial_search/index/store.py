@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dedupe import merge_duplicates
-from .errors import EmbedderMismatchError, IndexFormatError
+from facial_search.errors import EmbedderMismatchError, IndexFormatError
+from facial_search.index.dedupe import merge_duplicates
 
 FORMAT_NAME = "facial-search-index"
 #: Version of the file format written by this release; older files are read, newer ones refused.
@@ -61,7 +61,7 @@ class Entry:
         box: bounding box ``(x, y, w, h)`` in pixels of the source image.
         title: human-readable title (sidecar CSV or file name).
         picture_hash: 64-bit difference hash of the face's pixels, 16 hex digits
-            (:func:`facial_search.dedupe.face_dhash`); ``None`` in indexes written before it existed.
+            (:func:`facial_search.index.dedupe.face_dhash`); ``None`` in indexes written before it existed.
     """
 
     id: int
@@ -144,7 +144,7 @@ class MemeIndex:
         """``(N,) int64`` group number of every row, in row order, numbers from 0 to (groups - 1): one group
         per picture. The faces of one source image share a group, and so do the faces of source images that
         hold the same picture (the same template saved under two names: a face in each with a near-identical
-        embedding and picture hash, :func:`facial_search.dedupe.merge_duplicates`). Computed when first
+        embedding and picture hash, :func:`facial_search.index.dedupe.merge_duplicates`). Computed when first
         needed (0.05 s for the 1,365 imgflip faces, ~6 s for 50,000, on 2 busy cores) and cached until
         the index changes."""
         if self._groups is None:

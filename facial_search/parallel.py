@@ -31,8 +31,8 @@ def default_workers() -> int:
 
 def _init(config: WorkerConfig) -> None:
     global _PIPELINE
-    from .native_log import silence_native_stderr
-    from .pipeline import Pipeline
+    from facial_search.io.native_log import silence_native_stderr
+    from facial_search.pipeline import Pipeline
 
     silence_native_stderr()
     _PIPELINE = Pipeline(

@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import LiveError
-from .faces import FaceFinder, FaceFinderOptions
-from .index import group_min
-from .one_euro import OneEuroFilter, OneEuroParams
-from .overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
-from .tracking import MatchHysteresis, Tracker
+from facial_search.errors import LiveError
+from facial_search.index.store import group_min
+from facial_search.live.one_euro import OneEuroFilter, OneEuroParams
+from facial_search.live.overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
+from facial_search.live.tracking import MatchHysteresis, Tracker
+from facial_search.vision.faces import FaceFinder, FaceFinderOptions
 
 # ---------------------------------------------------------------------------------------------------------
 # Frames in
@@ -200,7 +200,7 @@ class LiveConfig:
     Attributes:
         k: matches per face.
         filter: One Euro parameters for the landmarks (pixels); ``None``: no smoothing.
-        hysteresis: ``(margin, hold)`` of :class:`~facial_search.tracking.MatchHysteresis` (distance,
+        hysteresis: ``(margin, hold)`` of :class:`~facial_search.live.tracking.MatchHysteresis` (distance,
             updates); ``None``: the raw top-k of every update.
         embedding_filter: One Euro parameters for each track's embedding (smoothed, then re-normalised
             before the search), which steadies the distances the hysteresis sees; ``None``: raw embeddings.
@@ -211,7 +211,7 @@ class LiveConfig:
             :meth:`~facial_search.index.MemeIndex.search`); ``False``: the k nearest faces.
         max_faces: most faces per frame.
         max_missing: frames a track may be missed before it ends.
-        model_path: ``face_landmarker.task`` (default: found by :mod:`facial_search.assets`).
+        model_path: ``face_landmarker.task`` (default: found by :mod:`facial_search.io.assets`).
     """
 
     k: int = 3
@@ -230,7 +230,7 @@ class TrackedFace:
     """One face in one frame: its track id, smoothed face (box and landmarks), stable matches."""
 
     track: int
-    face: object  # facial_search.faces.Face, smoothed
+    face: object  # facial_search.vision.faces.Face, smoothed
     matches: list[ShownMatch]
 
     @property
@@ -554,7 +554,7 @@ def run_live(args) -> int:
             window.
         FileNotFoundError, IndexFormatError, EmbedderMismatchError, AssetError: from opening the index.
     """
-    from .pipeline import FacialSearch
+    from facial_search.pipeline import FacialSearch
 
     window = not args.no_window
     if window and not _has_display():

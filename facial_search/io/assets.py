@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AssetError
+from facial_search.errors import AssetError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from mediapipe.tasks.python.vision import FaceLandmarksConnections as _C
 
-from .imageio import load_image
+from facial_search.io.images import load_image
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -1,0 +1,52 @@
+"""``facial-search index``: index the faces of meme images (creates or updates an index file)."""
+
+from __future__ import annotations
+
+import argparse
+
+from facial_search.cli._common import add_model_options
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``index`` command to ``sub`` (``ArgumentParser.add_subparsers()``)."""
+    s = sub.add_parser("index", help="index the faces of meme images (creates or updates an index file)")
+    s.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="image files or folders (searched recursively)")
+    s.add_argument("--out", required=True, metavar="INDEX", help="index file to create or update (e.g. memes.fsindex)")
+    s.add_argument("--titles", metavar="CSV", help="sidecar CSV with columns file,title (e.g. imgflip.csv)")
+    s.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-tiles", action="store_true",
+                   help="no second look in tiles where the whole image shows no face (faster)")  # fmt: skip
+    s.add_argument("--checkpoint-seconds", type=float, default=15.0, metavar="S",
+                   help="save the index atomically at least this often while indexing (default 15)")  # fmt: skip
+    add_model_options(s)
+    s.set_defaults(func=run)
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    from facial_search.indexing import build_index
+
+    index, report = build_index(
+        args.inputs, args.out, titles=args.titles, embedder=args.embedder, model_path=args.model,
+        workers=args.workers, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_seconds,
+        tiles=not args.no_tiles,
+    )  # fmt: skip
+    _print_index_summary(index, report, args.out)
+    return 0
+
+
+def _print_index_summary(index, report, out) -> None:
+    print(
+        f"{out}: {report.scanned} images scanned, {report.processed} processed, {report.unchanged} unchanged"
+        + (f", {report.removed} gone from the folder removed" if report.removed else "")
+        + f"; +{report.added_faces} faces in {report.seconds:.1f} s"
+    )
+    print(
+        f"index: {len(index.files)} images, {len(index)} faces, {len(index.skipped)} skipped, embedder {index.embedder}"
+    )
+    if report.skipped:
+        print("skipped this run: " + ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()))
+        for src, why in sorted(report.skipped_files.items()):
+            if why != "no face":
+                print(f"  {src}: {why}")

@@ -1,0 +1,50 @@
+"""``facial-search search``: the top-k memes for every face in a photo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from facial_search.cli._common import add_model_options
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``search`` command to ``sub`` (``ArgumentParser.add_subparsers()``)."""
+    s = sub.add_parser("search", help="find the top-k memes for every face in a photo")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("--index", required=True, metavar="INDEX")
+    s.add_argument("-k", type=int, default=3, help="matches per face (default 3)")
+    s.add_argument("--all-faces", action="store_true",
+                   help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--out", metavar="FILE", help="draw the result: .png/.jpg picture or .html page")
+    add_model_options(s)
+    s.set_defaults(func=run)
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    from facial_search.pipeline import FacialSearch
+
+    if args.k < 1:
+        raise SystemExit("facial-search: error: -k must be >= 1")
+    with FacialSearch.open(args.index, embedder=args.embedder, model_path=args.model) as fs:
+        result = fs.search(args.image, k=args.k, group_by_source=not args.all_faces)
+        if args.out:
+            from facial_search import render
+
+            if Path(args.out).suffix.lower() in (".html", ".htm"):
+                render.save_html(result, args.out)
+            else:
+                render.save_picture(result, args.out)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        for i, fm in enumerate(result.faces):
+            print(f"face {i + 1} at {list(fm.box)}:")
+            for m in fm.matches:
+                print(f"  {m.rank}. {m.title}  (distance {m.distance:.3f}, id {m.id}, {Path(m.source).name})")
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
