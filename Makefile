@@ -27,6 +27,7 @@ demo: $(BIN)/.installed
 
 browser:
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-xvfb.sh
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -40,8 +40,10 @@ SHARED = Path(os.environ.get("FACIAL_SEARCH_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("FACIAL_SEARCH_MODELS", str(SHARED / "models"))
 sys.path.insert(0, str(ROOT))
 
+from facial_search.io.video import FrameSource, next_timestamp  # noqa: E402
 from facial_search.live.one_euro import OneEuroFilter, OneEuroParams  # noqa: E402
-from facial_search.live.session import FrameSource, LiveConfig, LiveSession, next_timestamp, run_stream  # noqa: E402
+from facial_search.live.run import run_stream  # noqa: E402
+from facial_search.live.session import LiveConfig, LiveSession  # noqa: E402
 from facial_search.pipeline import FacialSearch  # noqa: E402
 from facial_search.vision.faces import FaceFinder, FaceFinderOptions  # noqa: E402
 

@@ -2,8 +2,8 @@
 
 It starts the server itself (``python -m facial_search.cli serve`` on 127.0.0.1 and a free port), waits for
 ``/healthz``, then every client thread posts photos from ``../shared/data/faces`` to ``/api/search`` in turn
-(its own HTTP connection, one request at a time), and prints p50/p99 latency, requests/s and the errors.
-Exit status 1 when any request failed.
+(its own HTTP connection, one request at a time), and prints p50/p99 latency, requests/s, the server's peak
+memory (``VmHWM``) and the errors. Exit status 1 when any request failed.
 
     FACIAL_SEARCH_MODELS=../shared/models python benchmarks/load_test.py --index /tmp/memes.fsindex
     python benchmarks/load_test.py --index memes.fsindex --clients 16 --requests 50 --workers 2 --frames
@@ -94,6 +94,17 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 120) -> dic
         time.sleep(0.2)
 
 
+def server_peak_rss_kb(pid: int) -> int | None:
+    """The server's peak resident memory (``VmHWM`` of ``/proc/<pid>/status``), kB; ``None`` off Linux."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def run(args) -> dict:
     photos = load_photos(Path(args.photos), args.frames)
     port = free_port()
@@ -135,6 +146,7 @@ def run(args) -> dict:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        peak_kb = server_peak_rss_kb(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -161,6 +173,7 @@ def run(args) -> dict:
         "p90_ms": round(percentile(latencies, 0.90) * 1000, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
+        "server_peak_rss_mb": round(peak_kb / 1024) if peak_kb else None,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
 
@@ -189,7 +202,8 @@ def main(argv=None) -> int:
         )
         print(
             f"errors {res['errors']}  |  p50 {res['p50_ms']} ms  p90 {res['p90_ms']} ms  p99 {res['p99_ms']} ms  "
-            f"max {res['max_ms']} ms  |  {res['req_per_s']} req/s over {res['wall_s']} s"
+            f"max {res['max_ms']} ms  |  {res['req_per_s']} req/s over {res['wall_s']} s  |  server peak RSS "
+            f"{res['server_peak_rss_mb']} MB"
         )
         for e in res["error_samples"]:
             print("  " + e)

@@ -170,7 +170,7 @@ def test_save_load_roundtrip(tmp_path):
     back = MemeIndex.load(p, expect=INFO)
     assert np.array_equal(back.embeddings, idx.embeddings) and back.entries() == idx.entries()
     assert back.skipped == {"empty.jpg": "no face"} and back.next_id == 10
-    assert [f.name for f in tmp_path.iterdir()] == ["x.fsindex"]  # no temporary file left
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["x.fsindex", "x.fsindex.lock"]  # no temporary file left
 
 
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
@@ -202,7 +202,7 @@ def test_save_removes_temporary_files_of_dead_writers(tmp_path):
     for f in (stale, live, other):
         f.write_bytes(b"partial")
     MemeIndex(INFO).save(p)
-    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["x.fsindex", live.name, other.name])
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["x.fsindex", "x.fsindex.lock", live.name, other.name])
 
 
 def test_embedder_mismatch_says_reindex(tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
+from facial_search.errors import OptionError
 from facial_search.live.one_euro import OneEuroFilter, OneEuroParams, smoothing_factor
 
 FPS = 30.0
@@ -15,7 +18,9 @@ def run(filt: OneEuroFilter, xs, ts) -> np.ndarray:
 
 
 def test_smoothing_factor_limits():
-    assert 0 < smoothing_factor(1.0, 1 / 30) < 1
+    tau = 1 / (2 * math.pi * 1.0)  # the paper's alpha = 1 / (1 + tau / dt), tau = 1 / (2 pi fc)
+    assert smoothing_factor(1.0, 1 / 30) == pytest.approx(1 / (1 + tau * 30), rel=1e-12)
+    assert smoothing_factor(1.0, 1 / 30) == pytest.approx(0.173170, abs=1e-6)
     assert smoothing_factor(1.0, 1 / 30) < smoothing_factor(5.0, 1 / 30)  # higher cutoff: follows more
     assert smoothing_factor(1.0, 1 / 30) < smoothing_factor(1.0, 1 / 10)  # longer gap: follows more
     assert smoothing_factor(1e9, 1.0) == pytest.approx(1.0)
@@ -51,6 +56,9 @@ def test_follows_a_step_with_bounded_lag():
         assert np.all(np.diff(ys) >= -1e-9) and ys.max() <= 100 + 1e-9  # monotone, no overshoot
         settle = int(np.argmax(ys >= 90)) - 30  # frames to cover 90% of the step
         assert 0 <= settle <= 30, (beta, settle)
+        if beta == 0.0:  # a fixed first-order low-pass: 1 - (1 - alpha)^(n + 1) >= 0.9 after n frames
+            a = smoothing_factor(1.0, 1 / FPS)
+            assert settle == math.ceil(math.log(0.1) / math.log(1 - a)) - 1 == 12
     fast = run(OneEuroFilter(OneEuroParams(min_cutoff=1.0, beta=0.1)), xs, ts)[:, 0]
     slow = run(OneEuroFilter(OneEuroParams(min_cutoff=1.0, beta=0.0)), xs, ts)[:, 0]
     assert np.argmax(fast >= 90) < np.argmax(slow >= 90)  # beta cuts the lag of fast moves
@@ -72,8 +80,23 @@ def test_respects_timestamps():
     assert f(np.full(1, 7.0), 0.0)[0] == 7.0
 
 
-def test_params_are_checked():
-    with pytest.raises(ValueError):
-        OneEuroParams(min_cutoff=0)
-    with pytest.raises(ValueError):
-        OneEuroParams(beta=-1)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_cutoff": 0},
+        {"min_cutoff": -1.0},
+        {"d_cutoff": 0},
+        {"beta": -1},
+        {"min_cutoff": float("nan")},
+        {"beta": float("inf")},
+        {"d_cutoff": float("inf")},
+    ],
+)
+def test_params_are_checked(bad):
+    with pytest.raises(OptionError, match=next(iter(bad))):  # an OptionError (a ValueError) naming the parameter
+        OneEuroParams(**bad)
+
+
+def test_good_params_are_kept():
+    p = OneEuroParams(min_cutoff=0.5, beta=0.0, d_cutoff=2.0)
+    assert (p.min_cutoff, p.beta, p.d_cutoff) == (0.5, 0.0, 2.0)

@@ -1,8 +1,11 @@
-"""The training recipe runs end to end on a handful of FER+ images and exports an ONNX model that loads."""
+"""The training recipe runs end to end on a handful of FER+ images and exports an ONNX model that loads; its
+typed configuration (``TrainConfig``) is the command line's single source of defaults and refuses bad values."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -15,10 +18,20 @@ pytest.importorskip("onnx")
 FERPLUS = Path(os.environ.get("FERPLUS_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "ferplus"))
 MODELS = Path(os.environ.get("FACIAL_SEARCH_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
 
-pytestmark = pytest.mark.skipif(
+needs_data = pytest.mark.skipif(
     not (FERPLUS / "FER2013Train" / "label.csv").exists() or not (MODELS / "face_landmarker.task").exists(),
     reason="needs ../shared FER+ data and face_landmarker.task",
 )
+
+#: The shipped recipe (expression-v3.onnx, model card): what ``python -m training.train`` runs by default.
+RECIPE = {
+    "out": Path("facial_search/models/expression-v3.onnx"), "seed": 0, "epochs": 50, "batch": 128, "lr": 3e-3,
+    "wd": 5e-4, "w_dist": 1.0, "w_trip": 1.0, "ema": 0.998, "int8": True, "fp32_out": None, "calibration": 512,
+    "widths": (28, 56, 112, 224), "threads": 2, "select_from": 1, "channels_last": False, "bf16": True,
+    "p_whole": 0.3, "p_down2": 0.35, "down2": "before-align", "limit": 0, "max_steps": 0, "cache": None,
+    "valid_split": "FER2013Valid", "valid_triplets": None, "report_test": False, "save_torch": False,
+    "export_every_best": False, "log": Path("training/runs/train_log.json"),
+}  # fmt: skip
 
 
 def fer_subset(tmp_path: Path, counts: dict[str, int]) -> tuple[Path, Path]:
@@ -42,24 +55,36 @@ def fer_subset(tmp_path: Path, counts: dict[str, int]) -> tuple[Path, Path]:
     return cache, trip
 
 
+@needs_data
 def test_train_few_steps_and_export(tmp_path, monkeypatch):
+    import onnx
+
     from facial_search.embedders.expression import GENERATION, ExpressionEmbedder
     from training import train
+    from training.train import TrainConfig
 
     monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
     cache, trip = fer_subset(tmp_path, {"FER2013Train": 24, "FER2013Valid": 9})
-    out = tmp_path / "m.onnx"
-    args = train.parse_args(
-        ["--out", str(out), "--epochs", "2", "--select-from", "2", "--batch", "8", "--lr", "1e-3", "--threads", "1",
-         "--limit", "24", "--cache", str(cache), "--valid-triplets", str(trip), "--calibration", "9",
-         "--fp32-out", str(tmp_path / "m.fp32.onnx"), "--log", str(tmp_path / "log.json")]
+    out, fp32, log = tmp_path / "m.onnx", tmp_path / "m.fp32.onnx", tmp_path / "log.json"
+    config = TrainConfig(
+        out=out, epochs=2, select_from=2, batch=8, lr=1e-3, threads=1, limit=24, cache=cache,
+        valid_triplets=trip, calibration=9, fp32_out=fp32, log=log,
     )  # fmt: skip
-    summary = train.train(args)
+    summary = train.train(config)
     assert out.exists() and out.stat().st_size < 10 * 2**20
-    assert (tmp_path / "m.fp32.onnx").exists()  # the float graph the int8 one was quantised from
+    assert fp32.exists()  # the float graph the int8 one was quantised from
+    ops = lambda p: {n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
+    assert "QuantizeLinear" in ops(out) and "QuantizeLinear" not in ops(fp32)
     first, second = summary["history"]  # epoch 1 trains but is no candidate: not validated
-    assert "valid" not in first and 0.0 <= second["valid"]["emb"]["overall"] <= 1.0
-    assert summary["best_valid"]["epoch"] == 2
+    assert "valid" not in first and summary["best_valid"] == second
+    assert first["ce"] > 0 and first["dist"] > 0 and second["ce"] != first["ce"]  # losses computed, weights moved
+    # the figures the selection read are those of the float graph written (the selected EMA weights)
+    va = train.load_split("FER2013Valid", cache)
+    assert second["valid"] == train.evaluate_onnx(fp32, va, train.read_triplets(trip))
+    assert sorted(second["valid"]["emb"]) == ["ONE_CLASS", "overall"]
+    # the log is the summary, its "args" the configuration (JSON: paths as strings)
+    logged = json.loads(log.read_text())
+    assert logged["history"] == summary["history"] and TrainConfig(**logged["args"]) == config
     emb = ExpressionEmbedder(model_file=out)
     # other weights, another version: an index made with the shipped model refuses these vectors
     assert emb.version != ExpressionEmbedder().version and emb.version.startswith(f"{GENERATION}+")
@@ -68,6 +93,83 @@ def test_train_few_steps_and_export(tmp_path, monkeypatch):
     assert e.shape == (3, 64) and p.shape == (3, 8)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-4)
+
+
+def test_train_takes_only_a_config():
+    from training.train import train
+
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train({"epochs": 1})
+
+
+def test_config_defaults_are_the_recipe_and_the_command_lines():
+    """One source of truth: every option of ``python -m training.train`` defaults to its TrainConfig field,
+    field by field, and those defaults are the shipped recipe."""
+    from training.train import TrainConfig, build_parser, parse_config
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert fields == RECIPE  # a recipe change must be made here too, on purpose
+    ns = vars(build_parser().parse_args([]))
+    assert set(ns) == set(fields)  # no option without a field, no field without an option
+    for name, default in fields.items():
+        assert ns[name] == default, name
+    assert parse_config([]) == TrainConfig()
+    assert dataclasses.asdict(TrainConfig()) == RECIPE
+
+
+def test_command_line_maps_onto_the_config():
+    from training.train import TrainConfig, parse_config
+
+    c = parse_config(
+        ["--epochs", "3", "--w-dist", "0.5", "--no-bf16", "--no-int8", "--channels-last", "--widths", "8", "8", "16",
+         "16", "--down2", "after-align", "--cache", "c", "--log", "", "--select-from", "2"]
+    )  # fmt: skip
+    assert c == dataclasses.replace(
+        TrainConfig(), epochs=3, w_dist=0.5, bf16=False, int8=False, channels_last=True, widths=(8, 8, 16, 16),
+        down2="after-align", cache=Path("c"), log=None, select_from=2,
+    )  # fmt: skip
+    assert TrainConfig(out="a.onnx", cache="", widths=[1, 2, 3, 4]) == TrainConfig(
+        out=Path("a.onnx"), cache=None, widths=(1, 2, 3, 4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"epochs": 0}, "epochs"), ({"epochs": 2.5}, "epochs"), ({"batch": -1}, "batch"), ({"lr": 0.0}, "lr"),
+     ({"lr": float("nan")}, "lr"), ({"ema": 1.0}, "ema"), ({"p_down2": 1.5}, "p_down2"), ({"seed": -1}, "seed"),
+     ({"down2": "sideways"}, "down2"), ({"widths": (8, 8, 8)}, "widths"), ({"threads": 0}, "threads"),
+     ({"bf16": "yes"}, "bf16"), ({"out": ""}, "out")],
+)  # fmt: skip
+def test_config_refuses_bad_values(change, field):
+    from training.train import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=f"^{field}: must ") as e:
+        TrainConfig(**change)
+    assert e.value.field == field and isinstance(e.value, ValueError)
+
+
+def test_config_refuses_unknown_settings():
+    from training.train import TrainConfig
+
+    with pytest.raises(TypeError, match="epoch"):
+        TrainConfig(epoch=3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+     (["--p-whole", "2"], "argument --p-whole: must be a number in [0.0, 1.0], got 2.0"),
+     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+     (["--frobnicate"], "unrecognized arguments: --frobnicate")],
+)  # fmt: skip
+def test_command_line_bad_value_is_a_usage_error(argv, message, capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage:") and err.strip().endswith(message)
 
 
 def test_triplet_accuracy_counts_closest_pair():
@@ -85,16 +187,29 @@ def test_triplet_accuracy_counts_closest_pair():
     assert res["overall"] == pytest.approx(2 / 3)
 
 
-def test_augment_keeps_shape_and_range():
+def test_augment_is_seeded_and_draws_the_whole_crop_and_down2_views():
+    """Seeded: the same generator state gives the same batch, another seed another one. ``p_whole`` and
+    ``p_down2`` pick the source: constant faces stay constant through the geometric jitter, so a dark
+    whole crop (0) and a bright aligned face (255) tell, after the photometric jitter (gain 0.7..1.3,
+    offset +-25, noise), which one each output came from."""
     from training.train import augment
 
-    g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 1, 48, 48) * 255
-    y = augment(x, x.clone(), g)
-    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 255
+    y = augment(x, x.clone(), torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert torch.equal(y, augment(x, x.clone(), torch.Generator().manual_seed(0)))
+    assert not torch.equal(y, augment(x, x.clone(), torch.Generator().manual_seed(1)))
+    bright, dark = torch.full((32, 1, 48, 48), 255.0), torch.zeros(32, 1, 48, 48)
+    g = torch.Generator().manual_seed(0)
+    assert augment(bright, dark, g, p_whole=0.0, p_down2=0.0).mean(dim=(1, 2, 3)).min() > 120
+    assert augment(bright, dark, g, p_whole=1.0, p_down2=0.0).mean(dim=(1, 2, 3)).max() < 60
+    down2 = torch.zeros(32, 4, 48, 48)  # the precomputed down-up views: dark
+    assert augment(bright, bright, g, p_whole=0.0, p_down2=1.0, down2=down2).mean(dim=(1, 2, 3)).max() < 60
+    assert augment(bright, bright, g, p_whole=0.0, p_down2=0.0, down2=down2).mean(dim=(1, 2, 3)).min() > 120
 
 
-def test_down2_views_blur_before_alignment():
+@needs_data
+def test_down2_views_blur_before_alignment(monkeypatch):
     """The precomputed 2x down-up views of a real FER+ crop: four blurred faces (less fine detail than the
     clean aligned face), aligned like it (close in the mean), the whole ones like the whole crop."""
     import cv2
@@ -105,7 +220,7 @@ def test_down2_views_blur_before_alignment():
     from training.prepare import detect_crop, down2_views, read_labels
 
     names, _ = read_labels("FER2013Train", FERPLUS)
-    os.environ.setdefault("FACIAL_SEARCH_MODELS", str(MODELS))
+    monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
     rgb = load_image(FERPLUS / "FER2013Train" / names[0])
     with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as finder:
         lm, how = detect_crop(finder, rgb)
@@ -119,6 +234,7 @@ def test_down2_views_blur_before_alignment():
         assert np.abs(v.astype(float) - ref).mean() < 12
 
 
+@needs_data
 def test_down2_gap_feeds_each_face_blurred(tmp_path, monkeypatch):
     """``training.down2_gap`` with the shipped model on real FER2013Valid crops: the down-up view of each face
     is embedded near its own clean face (the same faces, blurred, in the same order), and the accuracies are

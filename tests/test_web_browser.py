@@ -78,7 +78,7 @@ def server(meme_index):
 
     pool = SearchPool(meme_index, 2)
     srv = uvicorn.Server(
-        uvicorn.Config(create_app(pool=pool), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        uvicorn.Config(create_app(pool=pool), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -339,3 +339,45 @@ def test_camera_without_a_face_says_so(playwright, shared, server, shots, tmp_pa
         page.screenshot(path=str(shots / "camera-no-face-desktop.png"))
     finally:
         b.close()
+
+
+def test_api_docs_render_offline(browser, server, shots):
+    """Swagger UI at /docs renders and runs a request with every host but ours blocked, under our CSP."""
+    context = browser.new_context(**DESKTOP)
+    outside: list[str] = []
+
+    def only_ours(route):
+        if route.request.url.startswith(server["url"] + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_ours)
+    try:
+        page = context.new_page()
+        console: list[str] = []
+        errors: list[str] = []
+        page.on("console", lambda m: console.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server["url"] + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=TIMEOUT_MS)
+        assert "facial-search" in page.inner_text(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path", timeout=TIMEOUT_MS)
+        paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent.trim())")
+        assert {"/api/search", "/healthz", "/api/memes/{meme_id}/image"} <= {p.replace("\u200b", "") for p in paths}
+        # run GET /healthz from the page: connect-src 'self' lets it through
+        block = ".opblock-get:has-text('/healthz')"
+        page.click(f"{block} .opblock-summary")
+        page.click(f"{block} button.try-out__btn")
+        page.click(f"{block} button.execute")
+        cell = f"{block} .live-responses-table tr.response .response-col_status"
+        page.wait_for_selector(cell, timeout=TIMEOUT_MS)
+        status = page.inner_text(cell)
+        assert status.strip().startswith("200"), status
+        page.screenshot(path=str(shots / "api-docs-desktop.png"))
+        assert not outside, outside
+        assert not [m for m in console if "Content Security Policy" in m or "Refused to" in m], console
+        assert not errors, errors
+    finally:
+        context.close()

@@ -36,7 +36,7 @@ def down2_gap(model: Path, split: str = "FER2013Valid", triplets: Path | None = 
             "down2": train.triplet_accuracy(train.embed_onnx(model, down)[0], data["names"], trip)}  # fmt: skip
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--split", default="FER2013Valid", help="never FER2013Test for choosing anything")

@@ -1,6 +1,8 @@
 """How much of the FER+ triplet labels can any model get right? The noise ceiling of triplet accuracy.
 
-    python -m training.noise_ceiling [--components 16] [--draws 30]
+    python -m training.noise_ceiling [--components 16] [--draws 30] [--seed 0]
+
+From Python: ``noise_ceiling(NoiseCeilingConfig())`` (the same defaults, the same figures).
 
 A triplet's label is the closest pair (total variation, TV) of three faces' *observed* vote distributions,
 10 crowd votes each (``../shared/README.md``). Those votes are a sample: the same face shown to 10 other
@@ -25,6 +27,8 @@ Needs the ``[train]`` extra (torch, for log-gamma and digamma).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,22 +129,68 @@ def oracle_accuracy(votes: np.ndarray, prior, triplets, draws: int, rng: np.rand
     }
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--components", type=int, default=16)
-    ap.add_argument("--draws", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    root = prepare.data_dir()
-    train = np.stack(list(read_votes(root / "FER2013Train").values()))
-    prior = fit_prior(train, args.components, rng)
-    print(f"prior: {args.components} Dirichlet components, FER2013Train log-likelihood {prior[2]:.4f} per face")
-    for split, name in (("FER2013Valid", "valid"), ("FER2013Test", "test")):
+SPLITS = (("FER2013Valid", "valid"), ("FER2013Test", "test"))  # (FER+ folder, triplet file and result key)
+
+
+@dataclass(frozen=True)
+class NoiseCeilingConfig:
+    """Settings of :func:`noise_ceiling` (the defaults are the model card's figures).
+
+    components: Dirichlet components of the prior (>= 1; start: majority emotion, ``components // 8`` each).
+    draws: posterior draws of every face's q averaged per split (>= 1).
+    seed: seed of the one NumPy generator that the prior's start and then every draw (valid, then test)
+        take from, in that order (an integer >= 0).
+    """
+
+    components: int = 16
+    draws: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v, low = getattr(self, f.name), 0 if f.name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{f.name}: must be an integer >= {low}, got {v!r}")
+
+
+def noise_ceiling(config: NoiseCeilingConfig, root: Path | None = None) -> dict:
+    """Fit the prior to FER2013Train's votes, then the oracle's agreement with the labels of
+    ``triplets_valid.csv`` and ``triplets_test.csv``: ``{"loglik": mean log-likelihood per FER2013Train face
+    under the prior, "valid": oracle_accuracy's dict, "test": the same}``. ``root``: the FER+ folder
+    (default :func:`training.prepare.data_dir`). A few minutes with the defaults."""
+    if not isinstance(config, NoiseCeilingConfig):
+        raise TypeError(f"noise_ceiling() takes a NoiseCeilingConfig, got {type(config).__name__}")
+    rng = np.random.default_rng(config.seed)
+    root = root or prepare.data_dir()
+    train_votes = np.stack(list(read_votes(root / "FER2013Train").values()))
+    prior = fit_prior(train_votes, config.components, rng)
+    out = {"loglik": prior[2]}
+    for split, name in SPLITS:
         trip = read_triplets(root / f"triplets_{name}.csv")
         v = read_votes(root / split)
         votes = np.stack([v[n] for n in trip[0]])
-        r = oracle_accuracy(votes, prior, trip, args.draws, rng)
+        out[name] = oracle_accuracy(votes, prior, trip, config.draws, rng)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options, one per :class:`NoiseCeilingConfig` field, defaults read from it."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(NoiseCeilingConfig):
+        ap.add_argument(f"--{f.name}", type=int, default=f.default)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
+    try:
+        config = NoiseCeilingConfig(**vars(ap.parse_args(argv)))
+    except ValueError as e:
+        ap.error(f"argument --{e}")
+    res = noise_ceiling(config)
+    print(f"prior: {config.components} Dirichlet components, FER2013Train log-likelihood {res['loglik']:.4f} per face")
+    for _, name in SPLITS:
+        r = res[name]
         print(
             f"{name}: oracle triplet accuracy {r['overall']:.4f} (sd {r['sd']:.4f}), ONE_CLASS {r['ONE_CLASS']:.4f}, "
             f"TWO_CLASS {r['TWO_CLASS']:.4f}, THREE_CLASS {r['THREE_CLASS']:.4f}"

@@ -225,7 +225,11 @@ def write_subset_cache(split: str, n: int, out_dir: Path, finder, root: Path | N
     return out
 
 
-def prepare(splits=SPLITS, workers: int = 2) -> None:
+def prepare(splits: tuple[str, ...] = SPLITS, workers: int = 2) -> None:
+    """All three stages for ``splits`` (stage 3 for FER2013Train), skipping what is cached; stage 1 runs
+    FaceLandmarker in ``workers`` processes (>= 1)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
     for s in splits:
         detect_split(s, workers)
     for s in splits:
@@ -233,9 +237,16 @@ def prepare(splits=SPLITS, workers: int = 2) -> None:
     down2_split("FER2013Train")
 
 
-def main(argv=None) -> None:
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {n}")
+    return n
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=_positive_int, default=2, help="FaceLandmarker processes of stage 1")
     ap.add_argument("--measure-template", action="store_true")
     ap.add_argument("--landmarks-only", action="store_true")
     a = ap.parse_args(argv)

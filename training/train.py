@@ -2,6 +2,9 @@
 
     FACIAL_SEARCH_MODELS=../shared/models python -m training.train --seed 0 --report-test
 
+From Python: ``train(TrainConfig(seed=0, report_test=True))`` -- :class:`TrainConfig` holds every setting, its
+defaults are the recipe (the command line's defaults are read from it).
+
 Recipe (one seeded command; prepares the aligned-face cache first if missing, see training/prepare.py):
 
 - input: the aligned 48x48 grey face (:func:`facial_search.vision.align.align_face`); each image is standardised
@@ -28,10 +31,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -320,56 +326,240 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray) -> 
         pre.unlink(missing_ok=True)
 
 
-def train(args) -> dict:
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(args.seed)
-    cache = Path(args.cache) if args.cache else None
+# ------------------------------------------------------------------------------------------------- config
+
+
+class ConfigError(ValueError):
+    """A :class:`TrainConfig` value out of its range: ``field`` names the setting, ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A :class:`TrainConfig` field: its default, and the ``help`` (and argparse options) of its ``--flag``."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def _optional_path(text: str) -> Path | None:
+    """Command-line path; the empty string means none (``--log ''`` writes no log)."""
+    return Path(text) if text else None
+
+
+DOWN2_MODES = ("after-align", "before-align")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of :func:`train`. The defaults are the shipped recipe (``expression-v3.onnx``): with the
+    default seed, the same machine and the same torch, ``train(TrainConfig())`` makes the same weights as
+    ``python -m training.train`` (whose option defaults are read from these fields).
+
+    Paths are relative to the working directory (run from the repository root). Strings given for paths are
+    made :class:`~pathlib.Path`; a value out of range raises :class:`ConfigError` (a ``ValueError``).
+
+    Output
+        out: the shipped graph (``.onnx``; int8 when ``int8``).
+        int8: quantise ``out`` to int8 (ONNX Runtime static QDQ); the float graph goes to ``fp32_out``.
+        fp32_out: the float graph (None: ``training/runs/<out stem>.fp32.onnx``).
+        calibration: number of FER2013Valid faces the int8 activation ranges are calibrated on.
+        log: JSON log of the run, every epoch (None: none).
+        save_torch: also save the selected PyTorch ``state_dict`` to ``training/runs/<out stem>.pt``.
+        export_every_best: export ``out`` (float) at every new best epoch, so a cut-short run leaves a model.
+        report_test: after the export, print FER2013Test triplet accuracy of ``out`` (reporting only).
+    Optimisation
+        seed: seeds torch, NumPy's global generator, the batch/augmentation generator and the calibration
+            draw (an integer in [0, 2**32)).
+        epochs: passes over the training faces (>= 1).
+        batch: faces per step (>= 1); an epoch is ``max(1, faces // batch)`` steps, the remainder unused.
+        lr: peak learning rate of the one-cycle schedule (AdamW; warm-up over the first 15 % of the steps).
+        wd: AdamW decoupled weight decay (per unit learning rate).
+        w_dist: weight of the distance-regression loss (``||z_i - z_j||`` towards ``1.4 x TV(p_i, p_j)``).
+        w_trip: weight of the batch-all triplet hinge.
+        ema: decay per step of the weights' exponential moving average, which is validated, selected and
+            exported (in [0, 1); 0: the raw weights).
+        select_from: first epoch (1-based) that is validated and may be selected; earlier epochs train the same.
+        max_steps: stop after this many optimiser steps in all (0: no limit; tests).
+    Network and speed
+        widths: channels of the 4 convolution stages.
+        threads: torch CPU threads, and FaceLandmarker processes when the cache is prepared (>= 1).
+        bf16: bfloat16 autocast of the network while training (2.1x on CPUs with AMX; False: float32, other
+            weights).
+        channels_last: NHWC tensors (1.14x here; other kernels, so other weights).
+    Data and augmentation
+        p_whole: share of training faces replaced by the whole (unaligned) crop, in [0, 1].
+        p_down2: share of training faces seen 2x downscaled and back up, in [0, 1].
+        down2: ``"before-align"`` (the crop halved before its alignment, precomputed by ``training/prepare.py``)
+            or ``"after-align"`` (the aligned face halved: the v2 recipe).
+        limit: use only the first N kept training faces (0: all; tests).
+        cache: folder of prepared ``aligned_*.npz`` / ``down2_*.npz`` (None: ``training/cache``, prepared
+            first when missing).
+        valid_split: the FER+ split validated on (never FER2013Test for selecting).
+        valid_triplets: its triplet CSV (None: ``triplets_valid.csv`` of the FER+ folder).
+    """
+
+    out: Path = _setting(Path("facial_search/models/expression-v3.onnx"), "the shipped graph (.onnx)")
+    seed: int = _setting(0, "seed of every random draw")
+    epochs: int = _setting(50, "passes over the training faces")
+    batch: int = _setting(128, "faces per step")
+    lr: float = _setting(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
+    wd: float = _setting(5e-4, "AdamW weight decay")
+    w_dist: float = _setting(1.0, "weight of the distance-regression loss")
+    w_trip: float = _setting(1.0, "weight of the triplet loss")
+    ema: float = _setting(0.998, "weight EMA decay per step (0: off)")
+    int8: bool = _setting(True, "ship the int8-quantised graph (the float one goes to --fp32-out)")
+    fp32_out: Path | None = _setting(None, "float graph (default training/runs/<out>.fp32.onnx)")
+    calibration: int = _setting(512, "FER2013Valid faces to calibrate int8 with")
+    widths: tuple[int, int, int, int] = _setting((28, 56, 112, 224), "channels of the 4 stages", nargs=4)
+    threads: int = _setting(2, "torch threads (and FaceLandmarker processes when preparing)")
+    select_from: int = _setting(1, "validate (and select among) epochs from this one on; earlier epochs train the same")
+    channels_last: bool = _setting(False, "NHWC tensors (1.14x the speed here; other weights)")
+    bf16: bool = _setting(
+        True,
+        "bfloat16 autocast of the network while training: 2.1x the speed on CPUs with AMX "
+        "(the 2-core machine), slower without; --no-bf16 trains in float32",
+    )
+    p_whole: float = _setting(0.3, "share of whole (unaligned) crops")
+    p_down2: float = _setting(0.35, "share of 2x down-up images")
+    down2: Literal["after-align", "before-align"] = _setting(
+        "before-align",
+        "2x down-up of the crop before its alignment (training/prepare.py stage 3, as a low-resolution face "
+        "reaches the network at run time), or of the aligned face (the v2 recipe)",
+        choices=DOWN2_MODES,
+    )
+    limit: int = _setting(0, "use only the first N training images (tests)")
+    max_steps: int = _setting(0, "stop after N steps (tests)")
+    cache: Path | None = _setting(None, "folder of aligned_*.npz (default: training/cache, prepared)")
+    valid_split: str = _setting("FER2013Valid", "FER+ split to validate (and select) on")
+    valid_triplets: Path | None = _setting(None, "its triplet CSV (default: triplets_valid.csv of the FER+ folder)")
+    report_test: bool = _setting(False, "print FER2013Test figures (never selects)")
+    save_torch: bool = _setting(False, "also save the selected state_dict to training/runs/<out>.pt")
+    export_every_best: bool = _setting(False, "export ONNX at each new best epoch")
+    log: Path | None = _setting(Path("training/runs/train_log.json"), "JSON log of the run ('': none)")
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        def integer(name: str, low: int, high: int | None = None) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v >= high):
+                where = f">= {low}" if high is None else f"in [{low}, {high})"
+                raise ConfigError(name, f"must be an integer {where}, got {v!r}")
+
+        def number(name: str, low: float, high: float | None = None, *, open_low: bool = False,
+                   open_high: bool = False) -> None:  # fmt: skip
+            v = getattr(self, name)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > low if open_low else v >= low)
+            ok = ok and (high is None or (v < high if open_high else v <= high))
+            if not ok:
+                lo, hi = "(" if open_low else "[", ")" if open_high else "]"
+                where = f"in {lo}{low}, {high}{hi}" if high is not None else f"{'>' if open_low else '>='} {low}"
+                raise ConfigError(name, f"must be a number {where}, got {v!r}")
+            put(name, float(v))
+
+        for name in ("out", "fp32_out", "cache", "valid_triplets", "log"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                v = Path(v) if v or name == "out" else None
+                put(name, v)
+            if not (isinstance(v, Path) or (v is None and name != "out")):
+                raise ConfigError(name, f"must be a path{'' if name == 'out' else ' or None'}, got {v!r}")
+        if self.out == Path(""):
+            raise ConfigError("out", "must name a file")
+        integer("seed", 0, 2**32)  # NumPy's seed range
+        for name in ("epochs", "batch", "calibration", "threads", "select_from"):
+            integer(name, 1)
+        for name in ("limit", "max_steps"):
+            integer(name, 0)
+        number("lr", 0.0, open_low=True)
+        for name in ("wd", "w_dist", "w_trip"):
+            number(name, 0.0)
+        number("ema", 0.0, 1.0, open_high=True)
+        number("p_whole", 0.0, 1.0)
+        number("p_down2", 0.0, 1.0)
+        for name in ("int8", "channels_last", "bf16", "report_test", "save_torch", "export_every_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be True or False, got {getattr(self, name)!r}")
+        if self.down2 not in DOWN2_MODES:
+            raise ConfigError("down2", f"must be one of {', '.join(DOWN2_MODES)}, got {self.down2!r}")
+        w = self.widths
+        whole = lambda c: isinstance(c, int) and not isinstance(c, bool) and c >= 1  # noqa: E731
+        if not isinstance(w, tuple | list) or len(w) != 4 or not all(map(whole, w)):
+            raise ConfigError("widths", f"must be 4 integers >= 1, got {w!r}")
+        put("widths", tuple(w))
+        if not isinstance(self.valid_split, str) or not self.valid_split:
+            raise ConfigError("valid_split", f"must name a FER+ split, got {self.valid_split!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (paths as strings, widths as a list): the log's ``"args"``."""
+        out = {}
+        for k, v in dataclasses.asdict(self).items():
+            out[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, select and export one model as ``config`` says (module docstring); returns the run's summary,
+    also written to ``config.log``: ``{"best_valid": the selected epoch's row, "train_s": seconds,
+    "args": config.to_dict(), "history": one row per epoch ({"epoch", "time_s", "ce", "dist", "trip"} and,
+    for the validated epochs, "valid": {"emb": accuracies, "probs": accuracies})}`` and, with
+    ``report_test``, ``"test_cached"``. Raises ``TypeError`` for anything but a :class:`TrainConfig`."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train() takes a TrainConfig, got {type(config).__name__}")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    torch.set_num_threads(config.threads)
+    g = torch.Generator().manual_seed(config.seed)
+    cache = config.cache
     if cache is None:
-        prepare.prepare(workers=args.threads)
+        prepare.prepare(workers=config.threads)
     tr = load_split("FER2013Train", cache)
-    va = load_split(args.valid_split, cache)
-    trip_va = read_triplets(Path(args.valid_triplets) if args.valid_triplets else
-                            prepare.data_dir() / "triplets_valid.csv")  # fmt: skip
+    va = load_split(config.valid_split, cache)
+    trip_va = read_triplets(config.valid_triplets or prepare.data_dir() / "triplets_valid.csv")
     keep = np.flatnonzero(tr["keep"])
-    if args.limit:
-        keep = keep[: args.limit]
+    if config.limit:
+        keep = keep[: config.limit]
     X = torch.from_numpy(tr["images"][keep]).float().unsqueeze(1)
     W = torch.from_numpy(tr["whole"][keep]).float().unsqueeze(1)
     P = torch.from_numpy(tr["p"][keep])
     D2 = None
-    if args.down2 == "before-align":
+    if config.down2 == "before-align":
         with np.load(prepare.down2_file("FER2013Train", SIZE, cache)) as d:  # prepared above (stage 3)
             assert list(d["names"]) == tr["names"]
             D2 = torch.from_numpy(d["views"][keep]).float()
-    model = ExpressionNet(widths=tuple(args.widths))
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = ExpressionNet(widths=tuple(config.widths))
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     # exponential moving average of the weights (and BatchNorm statistics): evaluated, selected and exported
     ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
-    steps_per_epoch = max(1, len(keep) // args.batch)
-    total = steps_per_epoch * args.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.15)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.wd)
+    steps_per_epoch = max(1, len(keep) // config.batch)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=0.15)
     best, best_state, history = -1.0, None, []
     t0 = time.time()
     step = 0
-    for ep in range(args.epochs):
+    for ep in range(config.epochs):
         model.train()
         perm = torch.randperm(len(keep), generator=g)
         agg = {"ce": 0.0, "dist": 0.0, "trip": 0.0}
         for s in range(steps_per_epoch):
-            if args.max_steps and step >= args.max_steps:
+            if config.max_steps and step >= config.max_steps:
                 break
-            idx = perm[s * args.batch : (s + 1) * args.batch]
-            x = augment(X[idx], W[idx], g, args.p_whole, args.p_down2, None if D2 is None else D2[idx])
+            idx = perm[s * config.batch : (s + 1) * config.batch]
+            x = augment(X[idx], W[idx], g, config.p_whole, config.p_down2, None if D2 is None else D2[idx])
             x = x.contiguous(memory_format=layout)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 z, logits = model(x)
-            loss, parts = losses(z.float(), logits.float(), P[idx], args.w_dist, args.w_trip)
+            loss, parts = losses(z.float(), logits.float(), P[idx], config.w_dist, config.w_trip)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -378,12 +568,12 @@ def train(args) -> dict:
             step += 1
             for k in agg:
                 agg[k] += parts[k] / steps_per_epoch
-        net = ema.module if args.ema > 0 else model
+        net = ema.module if config.ema > 0 else model
         net.eval()
         row = {"epoch": ep + 1, "time_s": round(time.time() - t0), **{k: round(v, 4) for k, v in agg.items()}}
         history.append(row)
-        last = ep + 1 == args.epochs or (args.max_steps and step >= args.max_steps)
-        if ep + 1 < args.select_from and not last:  # not a candidate: not validated (the training is the same)
+        last = ep + 1 == config.epochs or (config.max_steps and step >= config.max_steps)
+        if ep + 1 < config.select_from and not last:  # not a candidate: not validated (the training is the same)
             print(json.dumps(row), flush=True)
             continue
         row["valid"] = res = evaluate(net, va, trip_va)
@@ -393,92 +583,69 @@ def train(args) -> dict:
         if score > best:
             best = score
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            if args.export_every_best:  # something usable even if the run is cut short
-                export_onnx(net, Path(args.out))
-        if args.max_steps and step >= args.max_steps:
+            if config.export_every_best:  # something usable even if the run is cut short
+                export_onnx(net, config.out)
+        if config.max_steps and step >= config.max_steps:
             break
     model.load_state_dict(best_state)
     model.eval()
-    out = Path(args.out)
+    out = config.out
     export_onnx(model, out)
-    if args.int8:
-        fp32 = Path(args.fp32_out or f"training/runs/{out.stem}.fp32.onnx")
+    if config.int8:
+        fp32 = config.fp32_out or Path(f"training/runs/{out.stem}.fp32.onnx")
         fp32.parent.mkdir(parents=True, exist_ok=True)
         out.replace(fp32)
-        calib = va["images"][np.random.default_rng(args.seed).permutation(len(va["images"]))[: args.calibration]]
+        calib = va["images"][np.random.default_rng(config.seed).permutation(len(va["images"]))[: config.calibration]]
         quantize_int8(fp32, out, calib)
-    if args.save_torch:
+    if config.save_torch:
         torch.save(model.state_dict(), f"training/runs/{out.stem}.pt")
     summary = {"best_valid": max((h for h in history if "valid" in h), key=lambda h: selection_score(h["valid"])),
-               "train_s": round(time.time() - t0), "args": vars(args), "history": history}  # fmt: skip
-    if args.report_test:
+               "train_s": round(time.time() - t0), "args": config.to_dict(), "history": history}  # fmt: skip
+    if config.report_test:
         te = load_split("FER2013Test", cache)
         summary["test_cached"] = evaluate_onnx(out, te, read_triplets(prepare.data_dir() / "triplets_test.csv"))
         print(f"test (cached aligned faces, {out.name}):", json.dumps(summary["test_cached"]))
-    if args.log:
-        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.log).write_text(json.dumps(summary, indent=1))
+    if config.log:
+        config.log.parent.mkdir(parents=True, exist_ok=True)
+        config.log.write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+# --------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m training.train``'s options: one ``--flag`` per :class:`TrainConfig` field (``w_dist`` ->
+    ``--w-dist``), its default the field's; booleans true by default get ``--no-flag``, false ones are
+    switches."""
     ap = argparse.ArgumentParser(description="Train the expression embedder (see module docstring).")
-    ap.add_argument("--out", default="facial_search/models/expression-v3.onnx")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--wd", type=float, default=5e-4)
-    ap.add_argument("--w-dist", type=float, default=1.0)
-    ap.add_argument("--w-trip", type=float, default=1.0)
-    ap.add_argument("--ema", type=float, default=0.998, help="weight EMA decay per step (0: off)")
-    ap.add_argument(
-        "--int8",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ship the int8-quantised graph (the float one goes to --fp32-out)",
-    )
-    ap.add_argument("--fp32-out", default=None, help="float graph (default training/runs/<out>.fp32.onnx)")
-    ap.add_argument("--calibration", type=int, default=512, help="FER2013Valid faces to calibrate int8 with")
-    ap.add_argument("--widths", type=int, nargs=4, default=[28, 56, 112, 224], help="channels of the 4 stages")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--select-from",
-        type=int,
-        default=1,
-        help="validate (and select among) epochs from this one on; earlier epochs train the same",
-    )
-    ap.add_argument("--channels-last", action="store_true", help="NHWC tensors (1.14x the speed here; other weights)")
-    ap.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bfloat16 autocast of the network while training: 2.1x the speed on CPUs with AMX "
-        "(the 2-core machine), slower without; --no-bf16 trains in float32",
-    )
-    ap.add_argument("--p-whole", type=float, default=0.3, help="share of whole (unaligned) crops")
-    ap.add_argument("--p-down2", type=float, default=0.35, help="share of 2x down-up images")
-    ap.add_argument(
-        "--down2",
-        choices=("after-align", "before-align"),
-        default="before-align",
-        help="2x down-up of the crop before its alignment (training/prepare.py stage 3, as a low-resolution face "
-        "reaches the network at run time), or of the aligned face (the v2 recipe)",
-    )
-    ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (tests)")
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (tests)")
-    ap.add_argument("--cache", default=None, help="folder of aligned_*.npz (default: training/cache, prepared)")
-    ap.add_argument("--valid-split", default="FER2013Valid")
-    ap.add_argument("--valid-triplets", default=None)
-    ap.add_argument("--report-test", action="store_true", help="print FER2013Test figures (never selects)")
-    ap.add_argument("--save-torch", action="store_true")
-    ap.add_argument("--export-every-best", action="store_true", help="export ONNX at each new best epoch")
-    ap.add_argument("--log", default="training/runs/train_log.json")
-    return ap.parse_args(argv)
+    for f in dataclasses.fields(TrainConfig):
+        flag, kw = "--" + f.name.replace("_", "-"), dict(f.metadata["cli"])
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        elif f.name in ("out", "fp32_out", "cache", "valid_triplets", "log"):
+            kw["type"] = Path if f.name == "out" else _optional_path
+        elif isinstance(f.default, tuple):
+            kw["type"] = type(f.default[0])
+        elif f.default is not None:
+            kw["type"] = type(f.default)
+        ap.add_argument(flag, default=f.default, help=f.metadata["help"], **kw)
+    return ap
 
 
-def main(argv=None) -> None:
-    train(parse_args(argv))
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Command-line arguments -> :class:`TrainConfig`; a bad value exits with argparse's usage error (status 2)
+    naming the option."""
+    ap = build_parser()
+    ns = ap.parse_args(argv)
+    try:
+        return TrainConfig(**vars(ns))
+    except ConfigError as e:
+        ap.error(f"argument --{e.field.replace('_', '-')}: {e.reason}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_config(argv))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from facial_search.cli._common import add_model_options
+
+if TYPE_CHECKING:
+    from facial_search.live.run import LiveOptions
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -34,7 +38,55 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return s
 
 
-def run(args: argparse.Namespace) -> int:
-    from facial_search.live.session import run_live
+def options_from_args(args: argparse.Namespace) -> LiveOptions:
+    """The :class:`~facial_search.live.run.LiveOptions` of parsed ``facial-search live`` arguments.
 
-    return run_live(args)
+    Raises:
+        OptionError: a value out of its range (``-k 0``, ``--embed-every 0``, a cutoff not above 0 Hz, a
+            negative ``--beta`` or camera number).
+    """
+    from facial_search.live.one_euro import OneEuroParams
+    from facial_search.live.run import LiveOptions
+    from facial_search.live.session import LiveConfig
+
+    d = OneEuroParams()
+    params = OneEuroParams(
+        min_cutoff=d.min_cutoff if args.min_cutoff is None else args.min_cutoff,
+        beta=d.beta if args.beta is None else args.beta,
+        d_cutoff=d.d_cutoff if args.d_cutoff is None else args.d_cutoff,
+    )
+    session = LiveConfig(
+        k=args.k,
+        filter=None if args.no_filter else params,
+        hysteresis=None if args.no_hysteresis else LiveConfig.hysteresis,
+        embedding_filter=None if args.no_hysteresis else LiveConfig().embedding_filter,
+        embed_every=args.embed_every,
+        group_by_source=not args.all_faces,
+        model_path=args.model,
+    )
+    return LiveOptions(
+        index=args.index,
+        video=args.video,
+        camera=args.camera,
+        output=args.output,
+        log=args.log,
+        window=not args.no_window,
+        mirror=args.mirror,
+        embedder=args.embedder,
+        session=session,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``facial-search live`` and print a one-line summary; returns the exit status (0)."""
+    from facial_search.live.run import run_live
+
+    stats = run_live(options_from_args(args))
+    share = stats.frames_with_faces / stats.frames if stats.frames else 0.0
+    wrote = ", ".join(str(p) for p in (args.output, args.log) if p)
+    print(
+        f"{stats.source}: {stats.frames} frames, a face in {share:.0%}, {stats.fps:.1f} frames/s"
+        + (" (stopped by a key press)" if stats.stopped else "")
+        + (f"; wrote {wrote}" if wrote else "")
+    )
+    return 0

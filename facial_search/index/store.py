@@ -1,37 +1,24 @@
-"""A persistent meme index: one entry per face, exact Euclidean top-k search with NumPy.
+"""The meme index in memory: one entry per face, stable ids, exact Euclidean top-k search with NumPy.
 
-File format (``.fsindex``): a ZIP archive (NumPy ``.npz``) holding
-
-- ``embeddings``: ``(N, D) float32``, one unit-norm row per face;
-- ``ids``: ``(N,) int64``, stable entry ids (never reused);
-- ``meta``: UTF-8 JSON, ``{"format": "facial-search-index", "version": 2, "embedder": {...}, "next_id": int,
-  "entries": [{"id", "source", "face", "box", "title", "picture_hash"}], "files": {source: {"size",
-  "mtime_ns", "faces", "skipped", "finder"}}}``. Version 1 (read too) had no ``picture_hash`` nor ``finder``.
-
-Saves are atomic: the archive is written to a temporary file in the same folder, flushed to disk, then
-renamed over the old one, so a crash (even SIGKILL) leaves either the previous or the new index, never a
-torn one. The interface follows FAISS: :meth:`MemeIndex.add`, :meth:`MemeIndex.search` returns
-``(distances, ids)``.
+The interface follows FAISS: :meth:`MemeIndex.add`, :meth:`MemeIndex.search` returns ``(distances, ids)``.
+The search kernels are in :mod:`facial_search.index.kernels`, the file format, its checks and the atomic
+write in :mod:`facial_search.index.fileformat`, the writer lock in :mod:`facial_search.index.lock`
+(``top_k``, ``group_layout``, ``group_min``, ``FORMAT_NAME`` and ``FORMAT_VERSION`` are importable from here
+too).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import tempfile
-import zipfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from facial_search.errors import EmbedderMismatchError, IndexFormatError
+from facial_search.errors import EmbedderMismatchError
 from facial_search.index.dedupe import merge_duplicates
-
-FORMAT_NAME = "facial-search-index"
-#: Version of the file format written by this release; older files are read, newer ones refused.
-FORMAT_VERSION = 2
+from facial_search.index.fileformat import FORMAT_NAME, FORMAT_VERSION, IndexContents, read_index, write_index
+from facial_search.index.kernels import group_layout, group_min, top_k
+from facial_search.index.lock import IndexWriter, held_writer
 
 
 @dataclass(frozen=True)
@@ -255,203 +242,73 @@ class MemeIndex:
         return dist, np.where(found, self._ids[np.maximum(cols, 0)], -1)
 
     # -- persistence ------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically to ``path`` (temporary file in the same folder, fsync, rename).
+    @staticmethod
+    def writer(path: str | os.PathLike) -> IndexWriter:
+        """The writer lock of the index file ``path`` (:class:`~facial_search.index.lock.IndexWriter`, not yet
+        taken): ``with MemeIndex.writer(path) as lock:`` load, change, ``save(path, lock=lock)``, and no other
+        process can save to ``path`` meanwhile (it gets :class:`~facial_search.errors.IndexLockedError`)."""
+        return IndexWriter(path)
 
-        The temporary file is named ``<name>.<pid>.<random>.tmp``; one left by a writer that was killed
-        (SIGKILL, power loss) is removed by the next save once its process is gone. The file gets the
-        permissions of the index it replaces, or those of any new file (0666 less the umask), so that
-        another account (a web server) can read it as it could any file its owner makes."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "embedder": asdict(self.embedder),
-            "next_id": self.next_id,
-            "entries": [asdict(self._entries[int(i)]) for i in self._ids],
-            "files": {s: asdict(r) for s, r in self.files.items()},
-        }
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-        try:
-            _set_mode(fd, path)
-            with os.fdopen(fd, "wb") as f:
-                with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-                    z.writestr("meta.json", json.dumps(meta))
-                    z.writestr("embeddings.npy", _npy_bytes(self._emb))
-                    z.writestr("ids.npy", _npy_bytes(self._ids))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _remove_stale_tmp(path)
-        _fsync_dir(path.parent)
+    def save(self, path: str | os.PathLike, *, lock: IndexWriter | None = None) -> None:
+        """Write atomically to ``path`` (format: :mod:`facial_search.index.fileformat`; temporary file in the
+        same folder, fsync, rename; permissions those of the index it replaces or of any new file).
+
+        Args:
+            lock: the held :meth:`writer` of ``path``. Without it, the save takes the writer lock for its own
+                duration, unless this process holds it already; so it never overwrites an index another
+                process is writing.
+
+        Raises:
+            IndexLockedError: another process is writing ``path`` (an ``index`` run).
+            ValueError: ``lock`` is not held, or is the lock of another file.
+            OutputError: the folder or the lock file cannot be created.
+            OSError: the index cannot be written (full or read-only file system).
+        """
+        if lock is not None and not lock.covers(path):
+            raise ValueError(f"{lock!r} is not a held writer lock of {path}")
+        contents = IndexContents(
+            version=FORMAT_VERSION,
+            embedder=asdict(self.embedder),
+            next_id=self.next_id,
+            entries=[asdict(self._entries[int(i)]) for i in self._ids],
+            files={s: asdict(r) for s, r in self.files.items()},
+            embeddings=self._emb,
+            ids=self._ids,
+        )
+        if lock is not None or held_writer(path) is not None:
+            write_index(path, contents)
+        else:
+            with IndexWriter(path):
+                write_index(path, contents)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: EmbedderInfo | None = None) -> MemeIndex:
-        """Read an index file.
+        """Read an index file, checked throughout (:func:`~facial_search.index.fileformat.read_index`).
 
         Args:
             expect: when given, the embedder the caller will query with.
 
         Raises:
-            FileNotFoundError: no such file.
-            IndexFormatError: not an index, corrupt, or written by a newer format version.
+            InputNotFoundError: no such file (a ``FileNotFoundError``).
+            IndexFormatError: not an index, or damaged inside (the message says what is wrong).
+            IndexVersionError: written by a newer format version (a subclass of ``IndexFormatError``).
             EmbedderMismatchError: built by another embedder than ``expect``.
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such index file")
-        try:
-            with zipfile.ZipFile(path) as z:
-                meta = json.loads(z.read("meta.json"))
-                emb = np.load(io.BytesIO(z.read("embeddings.npy")), allow_pickle=False)
-                ids = np.load(io.BytesIO(z.read("ids.npy")), allow_pickle=False)
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
-            raise IndexFormatError(f"{path}: not a facial-search index or corrupt ({e})") from None
-        if meta.get("format") != FORMAT_NAME:
-            raise IndexFormatError(f"{path}: not a facial-search index")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{path}: index format version {meta['version']} is newer than this release reads "
-                f"({FORMAT_VERSION}); upgrade facial-search"
-            )
-        info = EmbedderInfo(**meta["embedder"])
+        contents = read_index(path)
+        info = EmbedderInfo(**contents.embedder)
         if expect is not None and info != expect:
             raise EmbedderMismatchError(
                 f"{path}: index was built with embedder {info}, but the current embedder is {expect}; "
                 f"re-index with the current embedder: `facial-search index DIR --out NEW.fsindex` (or delete {path} first)"
             )
         index = cls(info)
-        entries = [Entry.from_dict(e["id"], e) for e in meta["entries"]]
-        if emb.shape != (len(entries), info.dim) or ids.shape != (len(entries),):
-            raise IndexFormatError(f"{path}: corrupt index (embeddings {emb.shape}, {len(entries)} entries)")
-        index._emb = emb.astype(np.float32, copy=False)
-        index._ids = ids.astype(np.int64, copy=False)
-        index._entries = {e.id: e for e in entries}
-        index.files = {
-            s: FileRecord(r["size"], r["mtime_ns"], r["faces"], r.get("skipped"), r.get("finder"))
-            for s, r in meta["files"].items()
-        }
-        index.next_id = int(meta["next_id"])
+        index._emb = contents.embeddings
+        index._ids = contents.ids
+        index._entries = {e["id"]: Entry(**e) for e in contents.entries}
+        index.files = {s: FileRecord(**r) for s, r in contents.files.items()}
+        index.next_id = contents.next_id
         return index
 
 
-def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k smallest of every row of ``distances`` ``(Q, N)``, ascending (ties: lower column first).
-
-    Returns:
-        ``(distances, columns)``, both ``(Q, k)``: float32, and int64 column numbers; ``inf`` and ``-1``
-        past the N-th when k > N.
-    """
-    nq, n = distances.shape
-    dist = np.full((nq, k), np.inf, dtype=np.float32)
-    cols = np.full((nq, k), -1, dtype=np.int64)
-    if n == 0 or nq == 0:
-        return dist, cols
-    kk = min(k, n)
-    part = np.argpartition(distances, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
-    order = np.take_along_axis(distances, part, 1).argsort(axis=1, kind="stable")
-    top = np.take_along_axis(part, order, 1)
-    dist[:, :kk] = np.take_along_axis(distances, top, 1)
-    cols[:, :kk] = top
-    return dist, cols
-
-
-def group_layout(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What :func:`group_min` needs of ``groups`` ``(N,)`` (numbers 0..G-1, all used), computed once per
-    grouping: ``order``, the rows sorted by group (stable), and ``starts``, each group's first position in it."""
-    groups = np.asarray(groups, dtype=np.int64)
-    order = np.argsort(groups, kind="stable")
-    sorted_groups = groups[order]
-    return order, np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-
-
-def group_min(distances: np.ndarray, layout: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The nearest member of every group, for every query.
-
-    Args:
-        distances: ``(Q, N)`` from Q queries to N rows.
-        layout: :func:`group_layout` of the rows' groups (e.g. :meth:`MemeIndex.group_layout`).
-
-    Returns:
-        ``(distances, rows)``, both ``(Q, G)``: the smallest distance within each group, and the row it is at
-        (the first such row on a tie).
-    """
-    d = np.asarray(distances)
-    order, starts = layout
-    if d.shape[1] != len(order):
-        raise ValueError(f"{d.shape[1]} distance columns but {len(order)} grouped rows")
-    ds = d[:, order]
-    mins = np.minimum.reduceat(ds, starts, axis=1)
-    counts = np.diff(np.r_[starts, len(order)])
-    pos = np.where(ds == np.repeat(mins, counts, axis=1), np.arange(len(order)), len(order))
-    return mins, order[np.minimum.reduceat(pos, starts, axis=1)]
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _set_mode(fd: int, path: Path) -> None:
-    """Give the temporary file (``mkstemp`` makes it 0600) the mode the saved index should have."""
-    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes
-        return
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except OSError:
-        mode = 0o666 & ~_umask()
-    os.fchmod(fd, mode)
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
-    os.umask(mask)
-    return mask
-
-
-def _remove_stale_tmp(path: Path) -> None:
-    """Delete ``<name>.<pid>.*.tmp`` files beside ``path`` whose writing process no longer exists."""
-    for tmp in path.parent.glob(f"{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 1 :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
-            continue
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else (PermissionError), or not knowable here
-        return True
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+__all__ = ["EmbedderInfo", "Entry", "FileRecord", "MemeIndex", "FORMAT_NAME", "FORMAT_VERSION", "group_layout",
+           "group_min", "top_k"]  # fmt: skip

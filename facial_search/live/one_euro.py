@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facial_search.errors import OptionError
+
 #: Defaults for face landmarks in **pixels** at video frame rates, tuned on ``WolfgangLanger_Pexels.mp4``
 #: (640x360, 24 fps) by the paper's two-step procedure: ``min_cutoff`` Hz, ``beta`` in 1/pixel (Hz per
 #: pixel/s of speed), ``d_cutoff`` Hz (the paper's value). See ``benchmarks/bench_live.py`` for the jitter
@@ -54,6 +56,9 @@ class OneEuroParams:
         min_cutoff: cutoff frequency at rest, Hz (> 0). Lower: less jitter, more lag at slow speeds.
         beta: speed coefficient, (Hz) per (unit of x / s), >= 0. Higher: less lag when moving fast.
         d_cutoff: cutoff frequency of the speed estimate, Hz (> 0); the paper uses 1 Hz.
+
+    Raises:
+        OptionError: a parameter out of its range, or not finite (a ``ValueError``).
     """
 
     min_cutoff: float = DEFAULT_MIN_CUTOFF
@@ -61,8 +66,12 @@ class OneEuroParams:
     d_cutoff: float = DEFAULT_D_CUTOFF
 
     def __post_init__(self):
-        if not (self.min_cutoff > 0 and self.d_cutoff > 0 and self.beta >= 0):
-            raise ValueError(f"One Euro filter needs min_cutoff > 0, d_cutoff > 0, beta >= 0; got {self}")
+        for name, unit in (("min_cutoff", "Hz"), ("d_cutoff", "Hz")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise OptionError(f"One Euro {name} = {value!r}: must be a finite frequency above 0 {unit}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise OptionError(f"One Euro beta = {self.beta!r}: must be finite and at least 0")
 
 
 class OneEuroFilter:

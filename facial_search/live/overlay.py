@@ -1,7 +1,7 @@
 """Drawing the live view with OpenCV, in place on ``(H, W, 3) uint8`` BGR frames.
 
-Per face: the face mesh (its 478 landmarks as dots and the FaceMesh contours; optionally the tesselation), the box, the track id
-and thumbnails of its top-k memes with their distances; the frame rate in the top-left corner.
+Per face: the face mesh (its 478 landmarks as dots and the FaceMesh contours; optionally the tesselation), the box,
+the track id and thumbnails of its top-k memes with their distances; the frame rate in the top-left corner.
 Meme thumbnails are cut around the matched meme face, resized once and cached by index id
 (:class:`ThumbnailCache`).
 """

@@ -1,196 +1,39 @@
-"""Live meme matching on a webcam or a video file, with a smoothed face mesh.
+"""The live session: one frame in, tracked faces with stable matches out (no I/O).
 
-    frames (camera / video, decoded in a thread) ──FaceLandmarker VIDEO mode──▶ faces
+    frame (RGB, timestamp) ──FaceLandmarker VIDEO mode──▶ faces
         ──Tracker (track ids, One Euro filter on 478 landmarks)──▶ tracks
         ──embedder (+ One Euro on each track's embedding) + exact distances to the index
-        ──MatchHysteresis──▶ stable top-k per track
-        ──overlay──▶ window / annotated video (encoded in a thread) / JSON lines
+        ──MatchHysteresis──▶ stable top-k per track  (:class:`FrameResult`)
 
-:class:`LiveSession` is the reusable core (one frame in, one :class:`FrameResult` out, no I/O);
-:func:`live_frames` runs it over a :class:`FrameSource` as a generator; :func:`run_live` is the
-``facial-search live`` command.
+:class:`LiveSession` is the reusable core; :func:`annotate` draws a :class:`FrameResult` on a frame. Frames come
+from :class:`facial_search.io.video.FrameSource`; :mod:`facial_search.live.run` runs a whole stream (window,
+annotated video, JSON lines). The One Euro filter is Casiez, Roussel & Vogel's (CHI 2012,
+:mod:`facial_search.live.one_euro`).
 
-Timestamps are the video's (``CAP_PROP_POS_MSEC``, else frame number / frame rate), never the wall clock,
-except for a camera, whose frames are stamped with their capture time.
+Timestamps are the video's (seconds), never the wall clock, except for a camera, whose frames are stamped with
+their capture time.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import queue
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import cv2
 import numpy as np
 
-from facial_search.errors import LiveError
+from facial_search.errors import OptionError
 from facial_search.index.store import group_min
 from facial_search.live.one_euro import OneEuroFilter, OneEuroParams
 from facial_search.live.overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
 from facial_search.live.tracking import MatchHysteresis, Tracker
 from facial_search.vision.faces import FaceFinder, FaceFinderOptions
 
-# ---------------------------------------------------------------------------------------------------------
-# Frames in
-# ---------------------------------------------------------------------------------------------------------
 
-
-@dataclass
-class VideoFrame:
-    """One input frame: ``index`` (0-based), ``t`` (seconds from the video's start), ``bgr`` and ``rgb``
-    (``(H, W, 3) uint8``, mirrored already when mirroring is on)."""
-
-    index: int
-    t: float
-    bgr: np.ndarray
-    rgb: np.ndarray
-
-
-def next_timestamp(pos_msec: float, index: int, fps: float, previous: float | None) -> float:
-    """Timestamp in seconds of a decoded frame: the container's ``pos_msec`` (``CAP_PROP_POS_MSEC``) when it
-    is valid and after ``previous``, else ``previous + 1 / fps`` (or ``index / fps`` for the first frame).
-    Strictly increasing, as MediaPipe's VIDEO mode requires."""
-    step = 1.0 / fps if fps and fps > 0 else 1.0 / 30
-    t = pos_msec / 1000.0 if pos_msec is not None and np.isfinite(pos_msec) and pos_msec >= 0 else None
-    if previous is None:
-        return t if t is not None else index * step
-    if t is None or t <= previous:
-        return previous + step
-    return t
-
-
-class FrameSource:
-    """Frames of a camera or a video file, decoded (and converted to RGB) in a background thread.
-
-    Use :meth:`video` or :meth:`camera`; iterate for :class:`VideoFrame` s; :meth:`close` when done (a
-    context manager).
-
-    Attributes:
-        fps: frame rate (the container's; 30 when a camera does not say), frames/s.
-        size: ``(width, height)``, pixels.
-        frame_count: the container's frame count (an estimate; 0 for a camera).
-        is_camera: whether it is a live camera.
-        decode_seconds: time spent decoding so far (in the background thread).
-
-    Raises:
-        LiveError: the camera cannot be opened or gives no frame; the video cannot be opened or has no
-            frame that decodes.
-        FileNotFoundError: the video file does not exist.
-    """
-
-    def __init__(self, cap: cv2.VideoCapture, name: str, is_camera: bool, mirror: bool, prefetch: int = 4):
-        self._cap, self.name, self.is_camera, self.mirror = cap, name, is_camera, mirror
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and np.isfinite(fps) and 1 <= fps <= 1000 else 30.0
-        self.frame_count = 0 if is_camera else max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
-        ok, first = cap.read()
-        if not ok or first is None or first.size == 0:
-            cap.release()
-            what = f"camera {name} gives no picture" if is_camera else f"{name}: no frame could be decoded"
-            raise LiveError(what)
-        self.size = (first.shape[1], first.shape[0])
-        self.decode_seconds = 0.0
-        self._t0 = time.monotonic()
-        self._first = first
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="facial-search-decode", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def video(cls, path: str | os.PathLike, mirror: bool = False) -> FrameSource:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no such file")
-        if p.is_dir():
-            raise LiveError(f"{p}: is a folder, not a video")
-        cap = cv2.VideoCapture(str(p))
-        if not cap.isOpened():
-            cap.release()
-            raise LiveError(f"{p}: cannot be read as a video")
-        return cls(cap, str(p), False, mirror)
-
-    @classmethod
-    def camera(cls, number: int = 0, mirror: bool = True) -> FrameSource:
-        cap = cv2.VideoCapture(int(number))
-        if not cap.isOpened():
-            cap.release()
-            raise LiveError(f"camera {number} cannot be opened (is it connected, and free?)")
-        return cls(cap, str(number), True, mirror, prefetch=2)
-
-    def _stamp(self, index: int, previous: float | None) -> float:
-        if self.is_camera:  # a live frame's time is its capture time
-            t = time.monotonic() - self._t0
-            return t if previous is None or t > previous else previous + 1e-3
-        return next_timestamp(self._cap.get(cv2.CAP_PROP_POS_MSEC), index, self.fps, previous)
-
-    def _prepare(self, index: int, bgr: np.ndarray, t: float) -> VideoFrame:
-        if self.mirror:
-            bgr = cv2.flip(bgr, 1)
-        return VideoFrame(index, t, bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
-    def _run(self) -> None:
-        try:
-            t = self._stamp(0, None)
-            self._put(self._prepare(0, self._first, t))
-            self._first = None
-            index = 1
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                ok, bgr = self._cap.read()
-                if not ok or bgr is None:
-                    break
-                t = self._stamp(index, t)
-                frame = self._prepare(index, bgr, t)
-                self.decode_seconds += time.perf_counter() - t0
-                if not self._put(frame):
-                    break
-                index += 1
-        except Exception as e:  # handed to the consumer
-            self._put(e)
-        finally:
-            self._put(None)
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[VideoFrame]:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._cap.release()
-
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The session: one frame in, tracked faces with stable matches out
-# ---------------------------------------------------------------------------------------------------------
+def _need(ok: bool, name: str, value, need: str) -> None:
+    if not ok:
+        raise OptionError(f"{name} = {value!r}: {need}")
 
 
 @dataclass
@@ -212,6 +55,11 @@ class LiveConfig:
         max_faces: most faces per frame.
         max_missing: frames a track may be missed before it ends.
         model_path: ``face_landmarker.task`` (default: found by :mod:`facial_search.io.assets`).
+
+    Raises:
+        OptionError: a value out of its range (``k`` or ``embed_every`` under 1, a negative hysteresis margin, a
+            hold under 1 update, ``max_faces`` under 1, ``max_missing`` under 0); bad One Euro parameters raise
+            it from :class:`~facial_search.live.one_euro.OneEuroParams`.
     """
 
     k: int = 3
@@ -223,6 +71,19 @@ class LiveConfig:
     max_faces: int = 4
     max_missing: int = 5
     model_path: str | os.PathLike | None = None
+
+    def __post_init__(self):
+        for name in ("k", "embed_every", "max_faces"):
+            value = getattr(self, name)
+            _need(isinstance(value, int | np.integer) and value >= 1, name, value, "must be a whole number, at least 1")
+        ok = isinstance(self.max_missing, int | np.integer) and self.max_missing >= 0
+        _need(ok, "max_missing", self.max_missing, "must be a whole number, at least 0")
+        if self.hysteresis is not None:
+            margin, hold = self.hysteresis
+            _need(math.isfinite(margin) and margin >= 0, "hysteresis margin", margin, "must be at least 0")
+            _need(
+                isinstance(hold, int | np.integer) and hold >= 1, "hysteresis hold", hold, "must be at least 1 update"
+            )
 
 
 @dataclass
@@ -364,217 +225,3 @@ def annotate(
     if fps is not None:
         draw_fps(bgr, fps)
     return bgr
-
-
-class FpsMeter:
-    """Processing frame rate over the last ``window`` frames (wall clock: it measures us, not the video)."""
-
-    def __init__(self, window: int = 30):
-        self._times: deque = deque(maxlen=window + 1)
-
-    def tick(self) -> float:
-        self._times.append(time.perf_counter())
-        if len(self._times) < 2:
-            return 0.0
-        return (len(self._times) - 1) / max(1e-9, self._times[-1] - self._times[0])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Frames out
-# ---------------------------------------------------------------------------------------------------------
-
-
-class VideoSink:
-    """Writes frames to a video file in a background thread (same size and frame rate as the input).
-
-    ``.mp4``/``.m4v``/``.mov`` are MPEG-4 Part 2 (``mp4v``), ``.avi`` Motion JPEG.
-
-    Raises:
-        LiveError: the file cannot be opened for writing (or a write failed, at :meth:`close`).
-    """
-
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
-        self.path = Path(path)
-        fourcc = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), float(fps), tuple(size))
-        if not self._writer.isOpened():
-            raise LiveError(f"{self.path}: cannot write a video there (use .mp4 or .avi in a folder that exists)")
-        self.frames = 0
-        self.encode_seconds = 0.0
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="facial-search-encode", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            frame = self._queue.get()
-            if frame is None:
-                return
-            if self._error is None:
-                try:
-                    t0 = time.perf_counter()
-                    self._writer.write(frame)
-                    self.encode_seconds += time.perf_counter() - t0
-                    self.frames += 1
-                except Exception as e:
-                    self._error = e
-
-    def write(self, bgr: np.ndarray) -> None:
-        self._queue.put(bgr)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._writer.release()
-        if self._error is not None:
-            raise LiveError(f"{self.path}: writing the video failed: {self._error}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Running it
-# ---------------------------------------------------------------------------------------------------------
-
-
-def live_frames(source: FrameSource, session: LiveSession) -> Iterator[tuple[VideoFrame, FrameResult]]:
-    """Every frame of ``source`` with what ``session`` found in it, in order (a generator)."""
-    for frame in source:
-        yield frame, session.process(frame.rgb, frame.t, frame.index)
-
-
-def config_from_args(args) -> LiveConfig:
-    """The :class:`LiveConfig` of ``facial-search live`` arguments."""
-    p = OneEuroParams()
-    params = OneEuroParams(
-        min_cutoff=p.min_cutoff if args.min_cutoff is None else args.min_cutoff,
-        beta=p.beta if args.beta is None else args.beta,
-        d_cutoff=p.d_cutoff if args.d_cutoff is None else args.d_cutoff,
-    )
-    if args.k < 1:
-        raise LiveError("-k must be at least 1")
-    return LiveConfig(
-        k=args.k,
-        filter=None if args.no_filter else params,
-        hysteresis=None if args.no_hysteresis else LiveConfig.hysteresis,
-        embedding_filter=None if args.no_hysteresis else LiveConfig().embedding_filter,
-        embed_every=max(1, args.embed_every),
-        group_by_source=not args.all_faces,
-        model_path=args.model,
-    )
-
-
-def _has_display() -> bool:
-    return sys.platform in ("win32", "darwin") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-@dataclass
-class LiveStats:
-    """Totals of one :func:`run_live`-style run."""
-
-    frames: int = 0
-    frames_with_faces: int = 0
-    seconds: float = 0.0
-    stages: dict = field(default_factory=dict)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-
-def run_stream(
-    source: FrameSource,
-    session: LiveSession,
-    *,
-    output: str | os.PathLike | None = None,
-    log: str | os.PathLike | None = None,
-    window: bool = False,
-    draw: bool | None = None,
-) -> LiveStats:
-    """Run ``session`` over ``source`` to the end (or a key press in the window): draw, show, write, log.
-
-    Args:
-        output: annotated video path (same size, frame count and rate as the input).
-        log: JSON-lines path, one line per frame (:meth:`FrameResult.to_json`).
-        window: show an OpenCV window; any key (or closing it) stops. Video files play at their own pace.
-        draw: annotate frames (default: when there is a window or an output).
-
-    Returns:
-        :class:`LiveStats` with per-stage seconds (``decode`` and ``encode`` run in background threads).
-    """
-    draw = (window or output is not None) if draw is None else draw
-    thumbs = ThumbnailCache(session.search.index) if draw else None
-    sink = VideoSink(output, source.fps, source.size) if output else None
-    log_file = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115 - closed in finally
-    stats, meter, overlay_s, log_s = LiveStats(), FpsMeter(), 0.0, 0.0
-    title = f"facial-search live: {source.name} (any key quits)"
-    start = time.perf_counter()
-    try:
-        for frame, result in live_frames(source, session):
-            stats.frames += 1
-            stats.frames_with_faces += bool(result.faces)
-            fps = meter.tick()
-            t0 = time.perf_counter()
-            if draw:
-                annotate(frame.bgr, result, thumbs, fps)
-            t1 = time.perf_counter()
-            overlay_s += t1 - t0
-            if sink is not None:
-                sink.write(frame.bgr)
-            if log_file is not None:
-                log_file.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-            log_s += time.perf_counter() - t1
-            if window:
-                cv2.imshow(title, frame.bgr)
-                wait = 1
-                if not source.is_camera:  # play a file at its own pace
-                    wait = max(1, int((frame.t - (time.perf_counter() - start)) * 1000))
-                if cv2.waitKey(wait) != -1 or cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
-                    break
-    finally:
-        stats.seconds = time.perf_counter() - start
-        if log_file is not None:
-            log_file.close()
-        if sink is not None:
-            sink.close()
-        if window:
-            cv2.destroyAllWindows()
-            cv2.waitKey(1)
-    stats.stages = dict(session.timers, overlay=overlay_s, write_log=log_s, decode=source.decode_seconds)
-    if sink is not None:
-        stats.stages["encode"] = sink.encode_seconds
-    return stats
-
-
-def run_live(args) -> int:
-    """``facial-search live``: see ``facial-search live --help``. Returns the exit status (0).
-
-    Raises:
-        LiveError: no camera, an unreadable video, an output that cannot be written, no display for the
-            window.
-        FileNotFoundError, IndexFormatError, EmbedderMismatchError, AssetError: from opening the index.
-    """
-    from facial_search.pipeline import FacialSearch
-
-    window = not args.no_window
-    if window and not _has_display():
-        raise LiveError("no display for the window: run with --no-window (and --output / --log)")
-    config = config_from_args(args)
-    for out in (args.output, args.log):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise LiveError(f"{out}: its folder does not exist")
-    if args.video is not None:
-        source = FrameSource.video(args.video, mirror=bool(args.mirror))
-    else:
-        cam = 0 if args.camera is None else args.camera
-        source = FrameSource.camera(cam, mirror=True if args.mirror is None else args.mirror)
-    with source, FacialSearch.open(args.index, embedder=args.embedder, model_path=args.model) as fs:
-        with LiveSession(fs, config) as session:
-            stats = run_stream(source, session, output=args.output, log=args.log, window=window)
-    share = stats.frames_with_faces / stats.frames if stats.frames else 0.0
-    wrote = ", ".join(str(p) for p in (args.output, args.log) if p)
-    print(
-        f"{source.name}: {stats.frames} frames, a face in {share:.0%}, {stats.fps:.1f} frames/s"
-        + (f"; wrote {wrote}" if wrote else "")
-    )
-    return 0

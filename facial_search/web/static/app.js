@@ -6,6 +6,7 @@
   const FRAME_SIDE = 320; // longest side of the frames sent, pixels
   const FRAME_INTERVAL_MS = 200; // at most 5 frames a second
   const MAX_UPLOAD = 10 * 1024 * 1024; // the server's limit
+  const MAX_PIXELS = 16000000; // the server decodes at most this many pixels (bigger JPEGs reduced, others refused)
   const UPLOAD_SIDE = 2048; // photos over the limit are downscaled to this before sending
   const K = 3;
   const COLORS = ["#ffcc33", "#5ad1ff", "#ff6fa8", "#8be28b", "#c59bff", "#ff9f43", "#f5f5f5", "#00d1b2"];
@@ -176,7 +177,7 @@
     let body = file;
     let w = photo.naturalWidth;
     let h = photo.naturalHeight;
-    if (file.size > MAX_UPLOAD && w && h) {
+    if ((file.size > MAX_UPLOAD || w * h > MAX_PIXELS) && w && h) {
       const s = Math.min(1, UPLOAD_SIDE / Math.max(w, h));
       grab.width = Math.round(w * s);
       grab.height = Math.round(h * s);
@@ -208,7 +209,7 @@
       } catch (_) {
         /* not JSON */
       }
-      if (resp.status === 413) detail = "That photo is too large (over 10 MB).";
+      if (resp.status === 413) detail = "That photo is too large (" + detail + ").";
       setStatus("The server refused it: " + detail, "warn");
       return null;
     }
