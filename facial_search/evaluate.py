@@ -8,17 +8,19 @@ Every triplet counts: an image on which no face is found is embedded whole, neve
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from facial_search import embedders
+from facial_search.errors import InputNotFoundError, OptionError, TripletFileError
+from facial_search.io.csv_files import read_csv_rows
 from facial_search.io.images import load_image
 from facial_search.io.progress import progress as progress_bar
-from facial_search.parallel import WorkerConfig, current_pipeline, default_workers, map_images
+from facial_search.parallel import WorkerConfig, current_pipeline, map_images, resolve_workers
 
 PAIRS = ("ab", "ac", "bc")
 
@@ -33,6 +35,7 @@ class Triplet:
     c: str
     most_similar: str  # "ab", "ac" or "bc"
     type: str  # "ONE_CLASS", "TWO_CLASS" or "THREE_CLASS"
+    line: int = field(default=0, compare=False)  # line of the triplet file (0: not from a file)
 
 
 @dataclass
@@ -49,16 +52,32 @@ class TripletReport:
         return out + [f"triplet_accuracy: {self.overall:.4f}"]
 
 
+#: Columns a triplet CSV must have (``type`` is optional: triplets without it count as ``ALL``).
+TRIPLET_COLUMNS = ("image_a", "image_b", "image_c", "most_similar")
+
+
 def read_triplets(path: str | os.PathLike) -> list[Triplet]:
-    """Read a triplet CSV; raises ``ValueError`` on a malformed row."""
+    """The triplets of a triplet CSV (columns :data:`TRIPLET_COLUMNS`, optional ``type``), in file order.
+
+    Raises:
+        InputNotFoundError: ``path`` does not exist.
+        TripletFileError: the file is empty, binary, not UTF-8, lacks a column, has a malformed row, a row
+            without an image name or with ``most_similar`` not one of ab, ac, bc, or holds no triplet at all;
+            the message names the file and the line.
+    """
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.DictReader(f), start=2):
-            if row.get("most_similar") not in PAIRS:
-                raise ValueError(f"{path}:{i}: most_similar must be one of ab, ac, bc")
-            out.append(
-                Triplet(row["image_a"], row["image_b"], row["image_c"], row["most_similar"], row.get("type") or "ALL")
+    for line, row in read_csv_rows(path, TRIPLET_COLUMNS, TripletFileError, "triplet CSV"):
+        names = [row[c].strip() for c in TRIPLET_COLUMNS[:3]]
+        if not all(names):
+            raise TripletFileError(f"{path}:{line}: a triplet needs three image names")
+        if row["most_similar"].strip() not in PAIRS:
+            raise TripletFileError(
+                f"{path}:{line}: most_similar must be one of ab, ac, bc (got {row['most_similar']!r})"
             )
+        kind = (row.get("type") or "").strip() or "ALL"
+        out.append(Triplet(*names, row["most_similar"].strip(), kind, line))
+    if not out:
+        raise TripletFileError(f"{path}: no triplets (only a header line)")
     return out
 
 
@@ -78,7 +97,7 @@ def transform_image(rgb: np.ndarray, transform: str) -> np.ndarray:
     if transform in ("brighter", "darker"):
         f = 1.2 if transform == "brighter" else 0.8
         return np.clip(rgb.astype(np.float32) * f + 0.5, 0, 255).astype(np.uint8)
-    raise ValueError(f"unknown transform {transform!r}; one of {', '.join(TRANSFORMS)}")
+    raise OptionError(f"--transform {transform}: unknown transform; one of {', '.join(TRANSFORMS)}")
 
 
 def _embed_one(task: tuple[str, bool, str]) -> np.ndarray:
@@ -106,7 +125,7 @@ def embed_images(
     """``(len(paths), D) float32``: one embedding per image (largest face, or the whole image)."""
     config = WorkerConfig(embedder=embedder, model_path=model_path, max_faces=4)
     tasks = [(p, cropped, transform) for p in paths]
-    it = map_images(_embed_one, tasks, config, workers=workers or default_workers(), chunksize=16)
+    it = map_images(_embed_one, tasks, config, workers=resolve_workers(workers), chunksize=16)
     rows = list(progress_bar(it, total=len(tasks), desc="embedding", enabled=progress))
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
@@ -114,7 +133,10 @@ def embed_images(
 def triplet_accuracy(triplets: list[Triplet], embeddings: dict[str, np.ndarray]) -> TripletReport:
     """Share of triplets whose closest pair (Euclidean) in ``embeddings`` is the labelled pair.
 
-    Ties are broken in the order ab, ac, bc (a tie counts as a miss unless the labelled pair comes first)."""
+    Ties are broken in the order ab, ac, bc (a tie counts as a miss unless the labelled pair comes first).
+    Raises ``ValueError`` for no triplets (there is no accuracy of nothing)."""
+    if not triplets:
+        raise ValueError("triplet accuracy of no triplets")
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for t in triplets:
         a, b, c = embeddings[t.a], embeddings[t.b], embeddings[t.c]
@@ -124,7 +146,7 @@ def triplet_accuracy(triplets: list[Triplet], embeddings: dict[str, np.ndarray])
         hits[t.type][1] += 1
     total = sum(h[1] for h in hits.values())
     per_type = {k: (h[0] / h[1], h[1]) for k, h in hits.items()}
-    overall = sum(h[0] for h in hits.values()) / total if total else float("nan")
+    overall = sum(h[0] for h in hits.values()) / total
     return TripletReport(overall, total, per_type)
 
 
@@ -142,15 +164,30 @@ def evaluate(
     """Embed every distinct image of a triplet file once (images looked up in ``images``) and score it.
 
     Raises:
-        FileNotFoundError: an image named by the triplets is not in ``images``.
+        InputNotFoundError: ``triplets_csv`` or the ``images`` folder does not exist.
+        TripletFileError: a bad triplet file (see :func:`read_triplets`), or a triplet names an image that is
+            not in ``images`` (the message gives the first such line and how many images are missing).
+        ImageError: an image of the triplets cannot be decoded (every triplet counts: none is skipped).
+        OptionError: ``workers`` below 1, or an unknown ``transform``.
+        UnknownEmbedderError, AssetError, ModelLoadError, WorkerStartError: the pipeline cannot be built.
     """
+    if transform not in TRANSFORMS:
+        raise OptionError(f"--transform {transform}: unknown transform; one of {', '.join(TRANSFORMS)}")
+    embedders.check_name(embedder)
+    workers = resolve_workers(workers)
+    folder = Path(images)
+    if not folder.is_dir():
+        raise InputNotFoundError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
     triplets = read_triplets(triplets_csv)
     names = sorted({n for t in triplets for n in (t.a, t.b, t.c)})
-    folder = Path(images)
     paths = [str(folder / n) for n in names]
-    missing = [p for p in paths if not os.path.exists(p)]
+    missing = {n for n, p in zip(names, paths, strict=True) if not os.path.isfile(p)}
     if missing:
-        raise FileNotFoundError(f"{len(missing)} triplet images not found in {folder}, e.g. {missing[0]}")
+        line, first = next((t.line, n) for t in triplets for n in (t.a, t.b, t.c) if n in missing)
+        raise TripletFileError(
+            f"{triplets_csv}:{line}: image {first!r} not found in {folder} ({len(missing)} of {len(names)} "
+            "images of the triplets missing)"
+        )
     emb = embed_images(
         paths,
         cropped=cropped,

@@ -6,7 +6,6 @@ faces + embeddings + picture hashes ──MemeIndex.add──▶ saved atomicall
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections import Counter
@@ -17,25 +16,38 @@ from pathlib import Path
 import numpy as np
 
 from facial_search import embedders
-from facial_search.errors import FacialSearchError, ImageError
+from facial_search.errors import ImageError, InputNotFoundError, SkipReason, TitlesFileError
 from facial_search.index.dedupe import face_dhash
+from facial_search.index.lock import holding_writer_lock
 from facial_search.index.store import EmbedderInfo, FileRecord, MemeIndex
+from facial_search.io.csv_files import read_csv_rows
 from facial_search.io.images import IMAGE_SUFFIXES, load_image
+from facial_search.io.outputs import check_output_file
 from facial_search.io.progress import progress as progress_bar
-from facial_search.parallel import WorkerConfig, current_pipeline, default_workers, map_images
+from facial_search.parallel import WorkerConfig, current_pipeline, map_images, resolve_workers
 
 
 @dataclass
 class IndexReport:
-    """What one :func:`build_index` run did."""
+    """What one :func:`build_index` run did.
+
+    Attributes:
+        skipped: files skipped this run, counted by :class:`~facial_search.errors.SkipReason`.
+        skipped_files: ``{source: recorded reason}`` of this run's skips (``"<reason>: <detail>"``, as
+            :attr:`MemeIndex.skipped` records it; :meth:`SkipReason.parse` gives its reason back).
+        unreadable_folders: ``{folder: problem}`` of folders under ``inputs`` that could not be listed; the
+            images in them were not looked at (and those an earlier run indexed there are kept).
+        seconds: wall-clock time of the run.
+    """
 
     scanned: int = 0
     unchanged: int = 0
     processed: int = 0
     removed: int = 0
     added_faces: int = 0
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[SkipReason] = field(default_factory=Counter)
     skipped_files: dict[str, str] = field(default_factory=dict)
+    unreadable_folders: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -48,22 +60,48 @@ class _FileResult:
     embeddings: np.ndarray | None
     skipped: str | None
     hashes: list = field(default_factory=list)
+    reason: SkipReason | None = None
 
 
-def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Image files among ``inputs`` (files, or folders searched recursively by suffix), absolute, sorted,
-    without duplicates. Raises ``FileNotFoundError`` for an input that does not exist."""
+def _skip(path: str, reason: SkipReason, detail: str = "", size: int = -1, mtime_ns: int = -1) -> _FileResult:
+    """A skipped file's result; size and mtime -1 (stat failed) make the next run look at it again."""
+    text = f"{reason.value}: {detail}" if detail else reason.value
+    return _FileResult(path, size, mtime_ns, [], None, text, [], reason)
+
+
+def find_images(inputs: Iterable[str | os.PathLike], unreadable: dict[str, str] | None = None) -> list[Path]:
+    """Image files among ``inputs`` (files, or folders searched recursively by suffix; symbolic links to
+    folders are not followed, files whose name starts with a dot are left out), absolute, sorted, without
+    duplicates.
+
+    Args:
+        inputs: files and folders.
+        unreadable: if given, filled with ``{folder: problem}`` for every folder that could not be listed
+            (permission denied, gone while walking); without it such a folder raises its ``OSError``.
+
+    Raises:
+        InputNotFoundError: an input does not exist.
+        OSError: a folder cannot be listed and ``unreadable`` is None.
+    """
     found: dict[str, Path] = {}
+
+    def onerror(e: OSError) -> None:
+        if unreadable is None:
+            raise e
+        unreadable[str(Path(e.filename).absolute())] = e.strerror or str(e)
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                    found.setdefault(str(f.resolve()), f.resolve())
+            for folder, _dirs, names in os.walk(p, onerror=onerror):
+                for name in names:
+                    f = Path(folder, name)
+                    if f.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and f.is_file():
+                        found.setdefault(str(f.resolve()), f.resolve())
         elif p.exists():
             found.setdefault(str(p.resolve()), p.resolve())
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise InputNotFoundError(f"{p}: no such file or folder")
     return [found[k] for k in sorted(found)]
 
 
@@ -82,26 +120,46 @@ def needs_indexing(record: FileRecord | None, stat: os.stat_result, finder: str)
     return record.faces == 0 and record.finder == FINDER_WHOLE and finder == FINDER_TILES
 
 
-def gone_sources(recorded: Iterable[str], inputs: Iterable[str | os.PathLike], found: Iterable[Path]) -> list[str]:
+def gone_sources(
+    recorded: Iterable[str],
+    inputs: Iterable[str | os.PathLike],
+    found: Iterable[Path],
+    unreadable: Iterable[str | os.PathLike] = (),
+) -> list[str]:
     """Recorded sources that lie under one of the folders in ``inputs``, are not among the images ``found``
     there now and no longer exist (deleted, renamed, moved): what an update of the index removes. A file
-    still on disk (e.g. a hidden one indexed by name) is kept."""
+    still on disk (e.g. a hidden one indexed by name), or under one of the ``unreadable`` folders (which could
+    not be listed, so nothing is known of its files), is kept."""
     folders = [Path(p).resolve() for p in inputs if Path(p).is_dir()]
+    blind = [Path(p).resolve() for p in unreadable]
     present = {str(f) for f in found}
     return sorted(
         s
         for s in recorded
-        if s not in present and any(Path(s).is_relative_to(d) for d in folders) and not os.path.lexists(s)
+        if s not in present
+        and any(Path(s).is_relative_to(d) for d in folders)
+        and not any(Path(s).is_relative_to(d) for d in blind)
+        and not os.path.lexists(s)
     )
 
 
 def load_titles(csv_path: str | os.PathLike) -> dict[str, str]:
-    """``{file name: title}`` from a sidecar CSV with columns ``file`` and ``title`` (e.g. ``imgflip.csv``)."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "file" not in reader.fieldnames or "title" not in reader.fieldnames:
-            raise FacialSearchError(f"{csv_path}: a titles CSV needs the columns 'file' and 'title'")
-        return {row["file"]: row["title"] for row in reader if row.get("file")}
+    """``{file name: title}`` from a sidecar CSV with columns ``file`` and ``title`` (e.g. ``imgflip.csv``;
+    other columns are ignored, rows with an empty ``file`` left out).
+
+    Raises:
+        InputNotFoundError: ``csv_path`` does not exist.
+        TitlesFileError: the file is empty, binary, not UTF-8, lacks a column, has a malformed row, or holds
+            no title; the message names the file (and the line).
+    """
+    titles = {
+        row["file"].strip(): row["title"].strip()
+        for _line, row in read_csv_rows(csv_path, ("file", "title"), TitlesFileError, "titles CSV")
+        if row["file"].strip()
+    }
+    if not titles:
+        raise TitlesFileError(f"{csv_path}: no titles (only a header line)")
+    return titles
 
 
 def title_from_filename(path: str | os.PathLike) -> str:
@@ -110,28 +168,29 @@ def title_from_filename(path: str | os.PathLike) -> str:
 
 
 def _index_one(path: str) -> _FileResult:
-    """Worker task: decode, find faces, embed one file; errors become a skip reason."""
-    st = os.stat(path)
+    """Worker task: decode, find faces, embed one file. What can go wrong with one file (gone, unreadable,
+    not an image, no face) becomes its skip reason, by the exception's type; it never stops the run."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return _skip(path, SkipReason.IO_ERROR, e.strerror or str(e))
     pipeline = current_pipeline()
     try:
         rgb = load_image(path)
-        faces = pipeline.faces(rgb)
-        if not faces:
-            return _FileResult(path, st.st_size, st.st_mtime_ns, [], None, "no face")
-        boxes = [f.box for f in faces]
-        return _FileResult(
-            path,
-            st.st_size,
-            st.st_mtime_ns,
-            boxes,
-            pipeline.embed(rgb, faces),
-            None,
-            [face_dhash(rgb, b) for b in boxes],
-        )
     except ImageError as e:
-        return _FileResult(path, st.st_size, st.st_mtime_ns, [], None, f"unreadable: {str(e).split(': ', 1)[-1]}")
+        return _skip(path, e.skip_reason, str(e).split(": ", 1)[-1], st.st_size, st.st_mtime_ns)
+    except OSError as e:  # gone or unreadable between the stat and the read
+        return _skip(path, SkipReason.IO_ERROR, e.strerror or str(e), st.st_size, st.st_mtime_ns)
+    faces = pipeline.faces(rgb)
+    if not faces:
+        return _skip(path, SkipReason.NO_FACE, "", st.st_size, st.st_mtime_ns)
+    boxes = [f.box for f in faces]
+    return _FileResult(
+        path, st.st_size, st.st_mtime_ns, boxes, pipeline.embed(rgb, faces), None, [face_dhash(rgb, b) for b in boxes]
+    )
 
 
+@holding_writer_lock("out")  # held from the load of `out` to its last save: a second run refuses at once
 def build_index(
     inputs: Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -155,39 +214,59 @@ def build_index(
     ``checkpoint_seconds`` and at the end, so an interrupted run keeps what it had done. ``tiles``: see
     :class:`Pipeline`.
 
+    Everything that can be checked is checked before any image is processed: the embedder name, ``workers``,
+    that ``out`` can be written, the existing index, the titles file, the inputs. Folders that cannot be
+    listed are reported in :attr:`IndexReport.unreadable_folders`, not silently left out.
+
     Raises:
+        UnknownEmbedderError: no embedder named ``embedder``.
+        OptionError: ``workers`` below 1.
+        OutputError: no file can be written at ``out`` (its folder is missing, a file, read-only; ``out`` is a
+            folder).
         EmbedderMismatchError: ``out`` exists and was built by another embedder.
-        FileNotFoundError: an input does not exist.
+        IndexFormatError: ``out`` exists and is no index.
+        IndexLockedError: another run is writing ``out`` (refused at once, before any work; see
+            :mod:`facial_search.index.lock`).
+        TitlesFileError: a bad ``titles`` file.
+        InputNotFoundError: an input (or ``titles``) does not exist.
+        AssetError, ModelLoadError, WorkerStartError: the workers cannot build their pipeline (at once).
     """
     t0 = time.perf_counter()
     emb = embedders.get_embedder(embedder)
     info = EmbedderInfo.of(emb)
-    out = Path(out)
+    workers = resolve_workers(workers)
+    out = check_output_file(out)
     index = MemeIndex.load(out, expect=info) if out.exists() else MemeIndex(info)
     title_map = load_titles(titles) if titles else {}
     inputs = list(inputs)
-    files = find_images(inputs)
-    report = IndexReport(scanned=len(files))
-    for source in gone_sources(index.files, inputs, files):
+    unreadable: dict[str, str] = {}
+    files = find_images(inputs, unreadable)
+    report = IndexReport(scanned=len(files), unreadable_folders=unreadable)
+    for source in gone_sources(index.files, inputs, files, unreadable):
         index.remove_source(source)
         report.removed += 1
     finder = FINDER_TILES if tiles else FINDER_WHOLE
     todo = []
     for f in files:
-        if needs_indexing(index.files.get(str(f)), f.stat(), finder):
+        try:
+            st = f.stat()
+        except OSError:  # gone or unreadable since it was listed: the worker records why
+            todo.append(str(f))
+            continue
+        if needs_indexing(index.files.get(str(f)), st, finder):
             todo.append(str(f))
         else:
             report.unchanged += 1
-    workers = workers or default_workers()
     config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None, tiles=tiles)
     last_save = time.monotonic()
     results = map_images(_index_one, todo, config, workers=min(workers, max(1, len(todo))))
     bar = progress_bar(total=len(todo), desc="indexing", enabled=progress and bool(todo))
+    finished = False
     try:
         for r in results:
             index.remove_source(r.source)
-            if r.skipped:
-                report.skipped[r.skipped.split(":")[0]] += 1
+            if r.reason is not None:
+                report.skipped[r.reason] += 1
                 report.skipped_files[r.source] = r.skipped
             else:
                 title = title_map.get(Path(r.source).name) or title_from_filename(r.source)
@@ -205,9 +284,10 @@ def build_index(
             if time.monotonic() - last_save > checkpoint_seconds:
                 index.save(out)
                 last_save = time.monotonic()
+        finished = True
     finally:
         bar.close()
-        if report.processed or report.removed or not out.exists():
+        if report.processed or report.removed or (finished and not out.exists()):  # no empty index on a failure
             index.save(out)
         report.seconds = time.perf_counter() - t0
     return index, report

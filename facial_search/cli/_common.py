@@ -14,3 +14,21 @@ def add_model_options(sp: argparse.ArgumentParser, embedder: bool = True) -> Non
         sp.add_argument(
             "--embedder", metavar="NAME", help="expression embedder (default: the index's, else the default)"
         )
+
+
+def check_at_least(value: float | None, option: str, minimum: float = 1) -> None:
+    """Raise :class:`~facial_search.errors.OptionError` when ``value`` (not None) is below ``minimum``.
+
+    The message names the option: ``-k: must be at least 1 (got 0)``."""
+    if value is not None and value < minimum:
+        from facial_search.errors import OptionError
+
+        raise OptionError(f"{option}: must be at least {minimum:g} (got {value:g})")
+
+
+def check_above(value: float | None, option: str, bound: float = 0) -> None:
+    """Raise :class:`~facial_search.errors.OptionError` when ``value`` (not None) is not above ``bound``."""
+    if value is not None and not value > bound:
+        from facial_search.errors import OptionError
+
+        raise OptionError(f"{option}: must be more than {bound:g} (got {value:g})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facial_search.cli._common import add_model_options
+from facial_search.cli._common import add_model_options, check_at_least
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from facial_search.evaluate import evaluate
 
+    check_at_least(args.workers, "--workers")
     report = evaluate(
         args.triplets, args.images, cropped=args.cropped, transform=args.transform, embedder=args.embedder,
         model_path=args.model, workers=args.workers, progress=not args.no_progress,

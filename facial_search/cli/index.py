@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facial_search.cli._common import add_model_options
+from facial_search.cli._common import add_model_options, check_above, check_at_least
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,6 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from facial_search.indexing import build_index
 
+    check_at_least(args.workers, "--workers")
+    check_above(args.checkpoint_seconds, "--checkpoint-seconds")
     index, report = build_index(
         args.inputs, args.out, titles=args.titles, embedder=args.embedder, model_path=args.model,
         workers=args.workers, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_seconds,
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_index_summary(index, report, out) -> None:
+    from facial_search.errors import SkipReason
+
     print(
         f"{out}: {report.scanned} images scanned, {report.processed} processed, {report.unchanged} unchanged"
         + (f", {report.removed} gone from the folder removed" if report.removed else "")
@@ -46,7 +50,12 @@ def _print_index_summary(index, report, out) -> None:
         f"index: {len(index.files)} images, {len(index)} faces, {len(index.skipped)} skipped, embedder {index.embedder}"
     )
     if report.skipped:
-        print("skipped this run: " + ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()))
+        print("skipped this run: " + ", ".join(f"{n} {why.value}" for why, n in report.skipped.most_common()))
         for src, why in sorted(report.skipped_files.items()):
-            if why != "no face":
+            if SkipReason.parse(why) is not SkipReason.NO_FACE:
                 print(f"  {src}: {why}")
+    if report.unreadable_folders:
+        n = len(report.unreadable_folders)
+        print(f"not read: {n} folder{'s' if n > 1 else ''} could not be listed (their images were left out)")
+        for folder, why in sorted(report.unreadable_folders.items()):
+            print(f"  {folder}: {why}")

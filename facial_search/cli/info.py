@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  faces:    {doc['faces']}")
         from collections import Counter
 
-        reasons = Counter(why.split(":")[0] for why in index.skipped.values())
+        from facial_search.errors import SkipReason
+
+        reasons = Counter(SkipReason.parse(why) for why in index.skipped.values())
         if reasons:
-            print("  skipped:  " + ", ".join(f"{n} {why}" for why, n in reasons.most_common()))
+            print("  skipped:  " + ", ".join(f"{n} {why or 'other'}" for why, n in reasons.most_common()))
     return 0

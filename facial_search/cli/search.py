@@ -6,7 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from facial_search.cli._common import add_model_options
+from facial_search.cli._common import add_model_options, check_at_least
+
+#: ``--out`` extensions of a page (any other is a picture: :data:`PICTURE_SUFFIXES`).
+PAGE_SUFFIXES = (".html", ".htm")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,17 +30,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from facial_search.pipeline import FacialSearch
 
-    if args.k < 1:
-        raise SystemExit("facial-search: error: -k must be >= 1")
+    check_at_least(args.k, "-k")
+    if args.out:  # before the search: an output that cannot be written fails at once
+        from facial_search.io.outputs import check_output_file
+
+        check_output_file(args.out, suffixes=(*PAGE_SUFFIXES, *_picture_suffixes()))
     with FacialSearch.open(args.index, embedder=args.embedder, model_path=args.model) as fs:
         result = fs.search(args.image, k=args.k, group_by_source=not args.all_faces)
         if args.out:
-            from facial_search import render
-
-            if Path(args.out).suffix.lower() in (".html", ".htm"):
-                render.save_html(result, args.out)
-            else:
-                render.save_picture(result, args.out)
+            _write(result, Path(args.out))
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -48,3 +49,31 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             print(f"wrote {args.out}")
     return 0
+
+
+#: ``--out`` picture extensions, kept where this Pillow can write their format (its own registry).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _picture_suffixes() -> list[str]:
+    from PIL import Image
+
+    Image.init()
+    known = Image.registered_extensions()
+    return [ext for ext in PICTURE_SUFFIXES if known.get(ext) in Image.SAVE]
+
+
+def _write(result, out: Path) -> None:
+    """Draw ``result`` to ``out``; on a failure (a full disk) no new, partial file is left behind."""
+    from facial_search import render
+
+    existed = out.exists()
+    try:
+        if out.suffix.lower() in PAGE_SUFFIXES:
+            render.save_html(result, out)
+        else:
+            render.save_picture(result, out)
+    except BaseException:
+        if not existed:
+            out.unlink(missing_ok=True)
+        raise

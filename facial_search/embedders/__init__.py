@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from facial_search.errors import UnknownEmbedderError
 from facial_search.vision.faces import Face
 
 
@@ -66,13 +67,27 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_embedder(name: str | None = None) -> Embedder:
-    """A new embedder by name (default :data:`DEFAULT_EMBEDDER`); raises ``ValueError`` for an unknown name."""
+def check_name(name: str | None = None) -> str:
+    """The registered name ``name`` stands for (``None``: :data:`DEFAULT_EMBEDDER`), without building it.
+
+    Raises:
+        UnknownEmbedderError: no embedder of that name (a ``ValueError``); the message lists the available ones.
+    """
     _load_builtins()
     name = name or DEFAULT_EMBEDDER
     if name not in _REGISTRY:
-        raise ValueError(f"unknown embedder {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
+        raise UnknownEmbedderError(f"--embedder {name}: unknown embedder; available: {', '.join(sorted(_REGISTRY))}")
+    return name
+
+
+def get_embedder(name: str | None = None) -> Embedder:
+    """A new embedder by name (default :data:`DEFAULT_EMBEDDER`).
+
+    Raises:
+        UnknownEmbedderError: no embedder of that name (see :func:`check_name`).
+        ModelLoadError: the embedder's model file cannot be loaded.
+    """
+    return _REGISTRY[check_name(name)]()
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facial_search.errors import AssetError, ModelLoadError
 from facial_search.vision.align import DEFAULT_SIZE, align_face
 from facial_search.vision.faces import Face
 
@@ -49,8 +50,10 @@ class ExpressionEmbedder:
         """Load the shipped weights, or ``model_file`` (an ONNX graph with the same input and outputs).
 
         Attributes set: ``version`` (``"3+<sha256 prefix>"``, see :data:`GENERATION`).
-        Raises ``FileNotFoundError`` for a missing ``model_file``; ONNX Runtime's error for a file that is
-        not a model.
+        Raises:
+            AssetError: ``model_file`` does not exist.
+            ModelLoadError: the file cannot be read, is not an ONNX graph ONNX Runtime loads (random bytes, a
+                truncated copy), or lacks the input ``image`` and the two outputs.
         """
         import onnxruntime as ort
 
@@ -58,9 +61,22 @@ class ExpressionEmbedder:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        data = (Path(model_file) if model_file is not None else model_path()).read_bytes()
+        source = Path(model_file) if model_file is not None else model_path()
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            raise AssetError(f"{source}: model file not found") from None
+        except OSError as e:
+            raise ModelLoadError(f"{source}: cannot read the model file: {e.strerror or e}") from None
         self.version = f"{GENERATION}+{hashlib.sha256(data).hexdigest()[:12]}"
-        self._session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad graph
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelLoadError(f"{source}: not a loadable ONNX model ({first})") from None
+        names = {o.name for o in self._session.get_outputs()}
+        if [i.name for i in self._session.get_inputs()] != ["image"] or len(names) != 2:
+            raise ModelLoadError(f"{source}: not an expression model (needs input 'image' and two outputs)")
 
     def faces_input(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """``(N, 48, 48) float32`` aligned grey faces, pixels 0..255 (the network input)."""

@@ -5,6 +5,10 @@ MediaPipe's C++ code writes straight to file descriptor 2 (``WARNING: Logging be
 mediapipe 1.2.2. :func:`silence_native_stderr` points fd 2 at ``/dev/null`` (or a log file) and gives
 Python's ``sys.stderr`` a duplicate of the original descriptor, so Python messages, progress bars and
 tracebacks still reach the terminal. Set ``FACIAL_SEARCH_DEBUG=1`` to keep the native lines.
+
+It changes the whole process (fd 2 and ``sys.stderr``), so only a program that owns its process calls it: the
+``facial-search`` command line (:func:`facial_search.cli.main`) and the worker processes facial-search spawns
+itself (:mod:`facial_search.parallel`). The library never calls it in a host program's process.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ _done = False
 
 
 def silence_native_stderr(log_path: str | None = None) -> None:
-    """Redirect native writes on fd 2 to ``log_path`` (default ``/dev/null``); idempotent, process-wide."""
+    """Redirect native writes on fd 2 to ``log_path`` (default ``/dev/null``); idempotent, process-wide.
+
+    After the call ``sys.stderr`` is a new text stream on a duplicate of the original fd 2 (line-buffered).
+    Does nothing when ``FACIAL_SEARCH_DEBUG`` is set or the process has no usable fd 2.
+    """
     global _done
     if _done or os.environ.get("FACIAL_SEARCH_DEBUG"):
         return
