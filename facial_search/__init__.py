@@ -1,9 +1,10 @@
 """facial-search: find the memes whose facial expression matches yours.
 
 >>> from facial_search import FacialSearch
->>> fs = FacialSearch.open("memes.fsindex")  # doctest: +SKIP
->>> for face in fs.search("me.jpg", k=3):  # doctest: +SKIP
+>>> fs = FacialSearch.open("memes.fsindex")
+>>> for face in fs.search("me.jpg", k=3):
 ...     print(face.box, [(m.title, round(m.distance, 3)) for m in face.matches])
+(...) [(...)]
 
 The public names below are imported when first used (``import facial_search`` stays cheap: the command line
 starts without loading MediaPipe).

@@ -9,17 +9,15 @@ once into the user cache with every file checked against its sha256.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from facial_search.errors import FacialSearchError
-from facial_search.io.assets import cache_dir
+from facial_search.errors import AssetError, FacialSearchError, InputNotFoundError, OptionError
+from facial_search.io.assets import cache_dir, fetch
 
 #: Where the project's development data lives (a checkout with ../shared beside it).
 SHARED_CANDIDATES = ("../shared", "shared")
@@ -47,81 +45,120 @@ def download_memes(
     base_url: str | None = None,
     workers: int = 8,
     progress: bool = True,
+    timeout: float = 30.0,
 ) -> tuple[int, list[str]]:
-    """Download memes into ``dest`` (files already there with the right sha256 are kept).
+    """Download memes into ``dest`` (files already there with the right sha256 are kept), each through
+    :func:`facial_search.io.assets.fetch` (sha256-checked, atomic).
 
     Args:
         items: ``[(sha256, url)]``, default :func:`meme_list` (the tutorial's 359 memes).
         base_url: fetch ``base_url + file name`` instead of each official URL (a mirror, or a test server).
+        workers: downloads at once (threads).
+        timeout: seconds to wait for a server, per file.
 
     Returns:
-        ``(files present, [failure messages])``; a failed or mismatching file is reported and left out.
+        ``(files present, [failure messages])``: a failed or mismatching file is reported
+        (``"<url>: <problem>"``, one line) and left out; nothing of it is left in ``dest``.
     """
     from facial_search.io.progress import progress as progress_bar
 
     dest.mkdir(parents=True, exist_ok=True)
     items = meme_list() if items is None else items
 
-    def fetch(item: tuple[str, str]) -> str | None:
+    def get(item: tuple[str, str]) -> str | None:
         sha, url = item
         name = url.rsplit("/", 1)[-1]
-        path = dest / name
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha:
-            return None
         src = (base_url.rstrip("/") + "/" + name) if base_url else url
         try:
-            with urllib.request.urlopen(src, timeout=30) as r:
-                data = r.read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            return f"{src}: {getattr(e, 'reason', e)}"
-        if hashlib.sha256(data).hexdigest() != sha:
-            return f"{src}: sha256 mismatch, discarded"
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+            fetch(src, sha, dest / name, timeout=timeout)
+        except AssetError as e:
+            return str(e)
         return None
 
     with ThreadPoolExecutor(workers) as pool:
         errors = [
             e
-            for e in progress_bar(pool.map(fetch, items), total=len(items), desc="downloading memes", enabled=progress)
+            for e in progress_bar(pool.map(get, items), total=len(items), desc="downloading memes", enabled=progress)
             if e
         ]
     return len(items) - len(errors), errors
 
 
-def run_demo(args) -> int:
+@dataclass(frozen=True)
+class DemoConfig:
+    """What :func:`run_demo` does (``facial-search demo``'s options).
+
+    Attributes:
+        memes: the meme folder to index; ``None``: ``../shared/data/memes/imgflip`` (with its titles CSV) when
+            present, else the tutorial's 359 memes downloaded into ``<user cache>/memes-powder-gg``.
+        photos: the photos to match; ``None``: ``../shared/data/faces``.
+        out: folder for ``memes.fsindex``, ``index.html`` and ``results.png`` (created).
+        k: matches per face, >= 1.
+        embedder: embedder name; ``None``: the default.
+        model_path: ``face_landmarker.task``; ``None``: found or downloaded (:mod:`facial_search.io.assets`).
+    """
+
+    memes: str | os.PathLike | None = None
+    photos: str | os.PathLike | None = None
+    out: str | os.PathLike = "demo-out"
+    k: int = 3
+    embedder: str | None = None
+    model_path: str | os.PathLike | None = None
+
+
+def run_demo(config: DemoConfig) -> int:
+    """Index the memes, match every photo, write ``index.html`` and ``results.png`` into ``config.out``.
+
+    Prints one line per photo (its faces' matches, or why it was skipped) and the paths written. An index left in
+    ``config.out`` by another embedder is the demo's own: it is rebuilt. Returns 0.
+
+    Raises:
+        OptionError: ``k`` < 1. InputNotFoundError: the meme or photo folder does not exist, or there is none.
+        AssetError: no meme could be downloaded, or the landmarker model is missing. OutputError: ``out`` or
+            a file in it cannot be written.
+    """
     from facial_search import render
-    from facial_search.errors import EmbedderMismatchError, NoFaceError
+    from facial_search.errors import EmbedderMismatchError, OutputError
     from facial_search.indexing import build_index, find_images
     from facial_search.pipeline import FacialSearch
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if config.k < 1:
+        raise OptionError(f"-k must be >= 1, got {config.k}")
     shared = find_shared()
+    photos = Path(config.photos) if config.photos else (shared / "data/faces" if shared else None)
+    if photos is None:
+        raise InputNotFoundError("no sample photos: pass a folder of face photos with --photos DIR")
+    if not photos.exists():
+        raise InputNotFoundError(f"{photos}: no such photo folder")
     titles = None
-    if args.memes:
-        memes = Path(args.memes)
+    if config.memes:
+        memes = Path(config.memes)
+        if not memes.is_dir():
+            raise InputNotFoundError(f"{memes}: no such meme folder")
     elif shared and (shared / "data/memes/imgflip").is_dir():
         memes = shared / "data/memes/imgflip"
         titles = shared / "data/memes/imgflip.csv"
     else:
+        memes = None
+    out = Path(config.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot create the folder: {e.strerror or e}") from None
+    if memes is None:
         memes = cache_dir() / "memes-powder-gg"
         print(f"no local meme folder: downloading the tutorial's memes into {memes}", file=sys.stderr)
         n, errors = download_memes(memes)
         for e in errors:
             print(f"  skipped {e}", file=sys.stderr)
         if n == 0:
-            raise FacialSearchError("no meme could be downloaded; pass a meme folder with --memes DIR")
-    photos = Path(args.photos) if args.photos else (shared / "data/faces" if shared else None)
-    if photos is None or not photos.exists():
-        raise FacialSearchError("no sample photos: pass a folder of face photos with --photos DIR")
+            raise AssetError("no meme could be downloaded; pass a meme folder with --memes DIR")
 
     index_path = out / "memes.fsindex"
     print(f"indexing {memes} -> {index_path}", file=sys.stderr)
 
     def index_memes():
-        return build_index([memes], index_path, titles=titles, embedder=args.embedder, model_path=args.model)
+        return build_index([memes], index_path, titles=titles, embedder=config.embedder, model_path=config.model_path)
 
     try:
         index, report = index_memes()
@@ -134,20 +171,20 @@ def run_demo(args) -> int:
     )
 
     results, skipped = [], {}
-    with FacialSearch.open(index_path, embedder=args.embedder, model_path=args.model) as fs:
+    with FacialSearch.open(index_path, embedder=config.embedder, model_path=config.model_path) as fs:
         for photo in find_images([photos]):
             try:
-                r = fs.search(photo, k=args.k)
-            except (NoFaceError, FacialSearchError) as e:
+                r = fs.search(photo, k=config.k)
+            except FacialSearchError as e:  # no face, not an image...: reported, never fatal
                 skipped[str(photo)] = str(e).split(": ", 1)[-1]
                 continue
             results.append(r)
             summary = "; ".join(
                 f"face {i + 1}: " + ", ".join(m.title for m in fm.matches) for i, fm in enumerate(r.faces)
             )
-            print(f"{photo.name}: {summary}")
+            print(render.displayable(f"{photo.name}: {summary}"))
     for photo, why in skipped.items():
-        print(f"{Path(photo).name}: {why}")
+        print(render.displayable(f"{Path(photo).name}: {why}"))
     page, picture = out / "index.html", out / "results.png"
     render.save_html(results, page, title="facial-search demo: sample photos vs. memes", skipped=skipped)
     render.save_picture(results, picture)

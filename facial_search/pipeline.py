@@ -143,9 +143,9 @@ class SearchResult:
                         {
                             "rank": m.rank,
                             "id": m.id,
-                            "source": m.source,
+                            "source": _displayable(m.source),
                             "face": m.face,
-                            "title": m.title,
+                            "title": _displayable(m.title),
                             "distance": round(float(m.distance), 6),
                         }
                         for m in fm.matches
@@ -156,12 +156,19 @@ class SearchResult:
         }
 
 
+def _displayable(text: str) -> str:
+    """``text`` as valid Unicode: a file name's undecodable bytes (surrogate-escaped, ``os.fsdecode``) become
+    U+FFFD, so the JSON (and the web answer) can carry it; the index keeps the real name."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class FacialSearch:
     """Search a meme index with face photos: the three-line happy path.
 
     >>> fs = FacialSearch.open("memes.fsindex")
     >>> for face in fs.search("me.jpg", k=3):
     ...     print(face.box, [m.title for m in face.matches])
+    (...) [...]
     """
 
     def __init__(self, index: MemeIndex, pipeline: Pipeline, index_path: str | None = None):

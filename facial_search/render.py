@@ -1,20 +1,28 @@
-"""Pictures of results: a PNG sheet (each query face beside its k memes) and a self-contained HTML page."""
+"""Pictures of results: a PNG sheet (each query face beside its k memes) and a self-contained HTML page.
+
+The page is a Jinja2 template (``facial_search/templates/results.html``, autoescaped: a title or file name
+holding markup is shown as text). File names that are not valid UTF-8 (Linux allows any bytes; Python holds
+them surrogate-escaped) are shown with U+FFFD in their place (:func:`displayable`). Both writers are atomic: a
+temporary file in the destination folder is renamed over it, so a failure leaves no empty or partial file.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from facial_search.errors import OutputError
 from facial_search.io.images import load_image
-from facial_search.pipeline import SearchResult
+from facial_search.pipeline import SearchResult, _displayable
 
 THUMB = 220  # thumbnail height, pixels
 _PAD = 12
@@ -60,10 +68,17 @@ def _meme(source: str, box: tuple[int, int, int, int]) -> Image.Image:
     return im
 
 
+def displayable(text: str | os.PathLike) -> str:
+    """``text`` (a title, a file name) as valid Unicode for a page, a picture or a terminal: the undecodable
+    bytes of a file name (surrogate-escaped, as ``os.fsdecode`` gives them) become U+FFFD."""
+    return _displayable(os.fspath(text))
+
+
 def result_sheet(result: SearchResult, *, redact: bool = False) -> Image.Image:
     """One row per query face: the face crop, then its matches (meme with the face boxed, title, distance).
 
-    ``redact=True`` blurs the meme images (for pictures published where third-party images may not go)."""
+    ``redact=True`` blurs the meme images (for pictures published where third-party images may not go).
+    Returns an RGB image ``THUMB + 58`` pixels high per face, plus a title line (the query's file name)."""
     rgb = result.rgb if result.rgb is not None else load_image(result.image)
     rows = []
     for i, fm in enumerate(result.faces):
@@ -72,7 +87,7 @@ def result_sheet(result: SearchResult, *, redact: bool = False) -> Image.Image:
             tile = _fit(_meme(m.source, m.box), THUMB, max_width=THUMB * 2)
             if redact:
                 tile = tile.filter(ImageFilter.GaussianBlur(radius=9))
-            tiles.append((tile, f"#{m.rank} {m.title}", f"distance {m.distance:.3f}"))
+            tiles.append((tile, displayable(f"#{m.rank} {m.title}"), f"distance {m.distance:.3f}"))
         width = sum(t[0].width for t in tiles) + _PAD * (len(tiles) + 1)
         row = Image.new("RGB", (width, THUMB + 58), _BG)
         d = ImageDraw.Draw(row)
@@ -88,7 +103,7 @@ def result_sheet(result: SearchResult, *, redact: bool = False) -> Image.Image:
     title_h = 34
     width = max([r.width for r in rows] + [400])
     sheet = Image.new("RGB", (width, title_h + sum(r.height for r in rows) + _PAD), _BG)
-    ImageDraw.Draw(sheet).text((_PAD, 8), Path(result.image).name, fill=(0, 0, 0), font=_font(20))
+    ImageDraw.Draw(sheet).text((_PAD, 8), displayable(Path(result.image).name), fill=(0, 0, 0), font=_font(20))
     y = title_h
     for r in rows:
         sheet.paste(r, (0, y))
@@ -108,15 +123,26 @@ def _ellipsis(text: str, width: int, size: int) -> str:
 def save_picture(
     results: SearchResult | Sequence[SearchResult], path: str | os.PathLike, *, redact: bool = False
 ) -> None:
-    """Write the result sheet(s) as PNG or JPEG (stacked vertically for several query images)."""
+    """Write the result sheet(s) (:func:`result_sheet`, stacked vertically for several query images) to ``path``,
+    atomically, in the format its extension names (``.png``, ``.jpg``, ``.webp``: any Pillow writes).
+
+    Raises:
+        OutputError: an extension no Pillow writer knows, or ``path`` cannot be written (missing or read-only
+            folder, full disk); no file is left at ``path`` then (an existing one is kept as it was).
+    """
+    path = Path(path)
+    Image.init()
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise OutputError(f"{path}: unknown picture extension {path.suffix!r} (.png, .jpg, .webp...)")
     results = [results] if isinstance(results, SearchResult) else list(results)
     sheets = [result_sheet(r, redact=redact) for r in results]
-    out = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), _BG)
+    out = Image.new("RGB", (max([s.width for s in sheets] + [400]), max(1, sum(s.height for s in sheets))), _BG)
     y = 0
     for s in sheets:
         out.paste(s, (0, y))
         y += s.height
-    out.save(path)
+    _write_atomic(path, lambda f: out.save(f, fmt))
 
 
 def _data_uri(im: Image.Image, max_side: int = 480) -> str:
@@ -138,48 +164,83 @@ def _annotated(rgb: np.ndarray, result: SearchResult) -> Image.Image:
     return im
 
 
+@lru_cache(maxsize=1)
+def _templates():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("facial_search", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
 def html_page(
     results: Sequence[SearchResult], title: str = "facial-search results", skipped: dict[str, str] | None = None
 ) -> str:
-    """A self-contained HTML page (images inlined) showing each query image, its faces and their matches."""
-    parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        "<meta name=viewport content='width=device-width, initial-scale=1'>",
-        f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}",
-        "section{background:#fff;border-radius:12px;padding:1rem;margin:0 0 1.5rem;box-shadow:0 1px 4px #0002}",
-        ".face{display:flex;gap:1rem;align-items:flex-start;flex-wrap:wrap;margin:1rem 0}",
-        "figure{margin:0;max-width:260px}figure img{max-width:260px;max-height:220px;border-radius:8px;display:block}",
-        "figure.q img{outline:3px solid #e63946}figcaption{font-size:.9rem;margin-top:.3rem}",
-        ".d{color:#666}.query{max-width:100%;max-height:360px;border-radius:8px}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
+    """A self-contained HTML page (images inlined as JPEG data URIs) showing each query image, its faces and
+    their matches, then the ``skipped`` files (``{path: reason}``). Every text is escaped.
+
+    Markup the tests and scripts rely on: one ``<div class=face ...>`` per query face, one
+    ``<figure class=match>`` per match."""
+    pages = []
     for r in results:
         rgb = r.rgb if r.rgb is not None else load_image(r.image)
-        parts.append(f"<section class=result><h2>{html.escape(Path(r.image).name)}</h2>")
-        parts.append(f"<img class=query alt='query' src='{_data_uri(_annotated(rgb, r), 900)}'>")
+        faces = []
         for i, fm in enumerate(r.faces):
-            parts.append(
-                f"<div class=face data-face={i + 1}><figure class=q><img alt='face {i + 1}' src='{_data_uri(crop_box(rgb, fm.box))}'>"
-            )
-            parts.append(f"<figcaption>face {i + 1}</figcaption></figure>")
-            for m in fm.matches:
-                parts.append(
-                    f"<figure class=match><img alt='{html.escape(m.title)}' src='{_data_uri(_meme(m.source, m.box))}'>"
-                    f"<figcaption>#{m.rank} <b>{html.escape(m.title)}</b><br><span class=d>distance {m.distance:.3f}</span>"
-                    "</figcaption></figure>"
-                )
-            parts.append("</div>")
-        parts.append("</section>")
-    if skipped:
-        parts.append("<section><h2>Skipped</h2><ul>")
-        parts += [f"<li>{html.escape(Path(s).name)}: {html.escape(why)}</li>" for s, why in skipped.items()]
-        parts.append("</ul></section>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+            matches = [
+                {
+                    "rank": m.rank,
+                    "title": displayable(m.title),
+                    "distance": float(m.distance),
+                    "src": _data_uri(_meme(m.source, m.box)),
+                }
+                for m in fm.matches
+            ]
+            faces.append({"number": i + 1, "src": _data_uri(crop_box(rgb, fm.box)), "matches": matches})
+        pages.append(
+            {"name": displayable(Path(r.image).name), "src": _data_uri(_annotated(rgb, r), 900), "faces": faces}
+        )
+    shown_skips = [(displayable(Path(s).name), displayable(why)) for s, why in (skipped or {}).items()]
+    return (
+        _templates().get_template("results.html").render(title=displayable(title), results=pages, skipped=shown_skips)
+    )
 
 
 def save_html(results: SearchResult | Sequence[SearchResult], path: str | os.PathLike, **kw) -> None:
-    """Write :func:`html_page` to ``path``."""
+    """Write :func:`html_page` (UTF-8) to ``path`` atomically; ``kw`` goes to :func:`html_page`.
+
+    Raises:
+        OutputError: ``path`` cannot be written (missing or read-only folder, full disk); no file is left at
+            ``path`` then (an existing one is kept as it was).
+    """
     results = [results] if isinstance(results, SearchResult) else list(results)
-    Path(path).write_text(html_page(results, **kw), encoding="utf-8")
+    data = html_page(results, **kw).encode("utf-8")
+    _write_atomic(Path(path), lambda f: f.write(data))
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a new temporary file beside ``path``, flush it to disk, rename it over ``path``.
+
+    The temporary file is made with mode 0666 less the umask, as any new file (``mkstemp``'s 0600 would hide a
+    page from a web server); a file it replaces keeps its mode. On any failure the temporary file is removed.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

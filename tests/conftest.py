@@ -1,52 +1,49 @@
-"""Shared fixtures: the real models and data in ../shared (tests never mock the pipeline)."""
+"""Shared fixtures: the real models and data in ../shared (tests never mock the pipeline).
+
+Importing this changes nothing (the environment is set by a session fixture), and a checkout without
+../shared runs the pure unit tests: the data fixtures skip (fail with ``FACIAL_SEARCH_REQUIRE_SHARED=1``).
+Paths and shared helpers live in ``helpers.py``; the names are re-exported here for the modules that still
+import them from conftest.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from helpers import (  # noqa: F401  (re-exported)
+    FACES,
+    FERPLUS,
+    MEMES,
+    MODELS,
+    ROOT,
+    SAMPLE_MEMES,
+    SHARED,
+    VIDEOS,
+    have_shared,
+    require_shared,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("FACIAL_SEARCH_SHARED", ROOT.parent / "shared")).resolve()
-MODELS = SHARED / "models"
-FACES = SHARED / "data" / "faces"
-MEMES = SHARED / "data" / "memes" / "imgflip"
-VIDEOS = SHARED / "data" / "videos"
-FERPLUS = SHARED / "data" / "ferplus"
 
-if not (MODELS / "face_landmarker.task").is_file():
-    raise pytest.UsageError(f"the tests need ../shared beside the checkout (looked in {SHARED})")
-
-# every test finds the landmarker model here, never downloads it (the download path has its own test)
-os.environ["FACIAL_SEARCH_MODELS"] = str(MODELS)
-
-#: A fixed sample of meme templates for the session index: popular ones, most with a face.
-SAMPLE_MEMES = [
-    "Success-Kid.jpg", "Disaster-Girl.jpg", "Roll-Safe-Think-About-It.jpg", "Hide-the-Pain-Harold.jpg",
-    "Ancient-Aliens.jpg", "Bad-Luck-Brian.jpg", "Overly-Attached-Girlfriend.jpg", "Grumpy-Cat.jpg",
-    "Futurama-Fry.jpg", "Third-World-Skeptical-Kid.jpg", "Creepy-Condescending-Wonka.jpg",
-    "Leonardo-Dicaprio-Cheers.jpg", "First-World-Problems.jpg", "Laughing-Men-In-Suits.jpg",
-    "Drake-Hotline-Bling.jpg", "Distracted-Boyfriend.jpg", "Two-Buttons.jpg", "Evil-Kermit.jpg",
-    "Surprised-Pikachu.jpg", "Mocking-Spongebob.jpg", "Sad-Pablo-Escobar.jpg", "Matrix-Morpheus.jpg",
-    "One-Does-Not-Simply.jpg", "Yo-Dawg-Heard-You.jpg", "Y-U-No.jpg", "Scumbag-Steve.jpg",
-    "Good-Guy-Greg.jpg", "Ridiculously-Photogenic-Guy.jpg", "Oblivious-Hot-Girl.jpg", "Chef-Gordon-Ramsay.jpg",
-    "Confession-Bear.jpg", "Skeptical-Baby.jpg", "Awkward-Moment-Sealion.jpg", "Unsettled-Tom.jpg",
-    "Blank-Nut-Button.jpg", "Change-My-Mind.jpg", "Waiting-Skeleton.jpg", "Left-Exit-12-Off-Ramp.jpg",
-    "Matt-Damon-gets-older.jpg", "Is-Four-A-Lot.jpg", "Blinking-guy.jpg",  # several faces of one person
-    "Hide-the-pain-harold.jpg",  # the same picture as Hide-the-Pain-Harold.jpg under another name
-    "Leonardo-DiCaprio-Pointing.jpg", "Leonardo-Dicaprio-pointing-at-tv.jpg",  # one picture, two crops and sizes
-    "Sue-Sylvester.jpg",  # another woman, whose face's hash is 7 bits from Distracted-Boyfriend.jpg's girlfriend
-]  # fmt: skip
+@pytest.fixture(scope="session", autouse=True)
+def _environment(tmp_path_factory):
+    """For the whole session: every test finds the landmarker model in ../shared/models, never downloads it
+    (the download path has its own tests), and the user cache is a temporary folder, never the real one."""
+    with pytest.MonkeyPatch.context() as mp:
+        if have_shared():
+            mp.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
+        mp.setenv("FACIAL_SEARCH_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    return SHARED
+    """The data folder; skips the test where there is none (see :func:`helpers.require_shared`)."""
+    return require_shared()
 
 
 @pytest.fixture(scope="session")
-def sample_memes() -> list[Path]:
+def sample_memes(shared) -> list[Path]:
     files = [MEMES / n for n in SAMPLE_MEMES if (MEMES / n).is_file()]
     assert len(files) >= 30, "the meme sample changed in ../shared"
     return files

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FACES, MEMES
+from helpers import FACES, MEMES, needs_shared
 from PIL import Image
 
 from facial_search.errors import SkipReason
 from facial_search.index.store import MemeIndex
 from facial_search.pipeline import FacialSearch
+
+pytestmark = needs_shared
 
 CLI = [sys.executable, "-m", "facial_search.cli"]
 

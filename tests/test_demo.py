@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import shutil
-import threading
-from argparse import Namespace
 
-from conftest import FACES, MEMES
+import pytest
+from helpers import FACES, MEMES, closed_port, serve_folder
 
-from facial_search.demo import download_memes, meme_list, run_demo
+from facial_search.demo import DemoConfig, download_memes, meme_list, run_demo
+from facial_search.errors import InputNotFoundError, OptionError
 from facial_search.index.store import MemeIndex
 
 
@@ -26,11 +24,9 @@ def test_demo_page_has_three_matches_per_face(sample_memes, tmp_path):
         shutil.copy(FACES / n, photos / n)
     out = tmp_path / "out"
     # an index left by another embedder (an older model) is the demo's own: rebuilt, not an error
-    assert (
-        run_demo(Namespace(memes=str(memes), photos=str(photos), out=str(out), k=3, embedder="blendshapes", model=None))
-        == 0
-    )
-    assert run_demo(Namespace(memes=str(memes), photos=str(photos), out=str(out), k=3, embedder=None, model=None)) == 0
+    assert run_demo(DemoConfig(memes=memes, photos=photos, out=out, k=3, embedder="blendshapes")) == 0
+    assert MemeIndex.load(out / "memes.fsindex").embedder.name == "blendshapes"
+    assert run_demo(DemoConfig(memes=str(memes), photos=str(photos), out=str(out), k=3)) == 0
     assert MemeIndex.load(out / "memes.fsindex").embedder.name == "expression"
     page = (out / "index.html").read_text()
     faces = page.count("class=face ")
@@ -38,44 +34,64 @@ def test_demo_page_has_three_matches_per_face(sample_memes, tmp_path):
     assert page.count("class=match") == 3 * faces
     assert "free-mountain-vector-01.jpg" in page and "no face" in page  # reported, not fatal
     assert (out / "results.png").stat().st_size > 10_000
+    names = {p.name for p in out.iterdir()}
+    assert {"index.html", "memes.fsindex", "results.png"} <= names and not [n for n in names if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "config, error, text",
+    [
+        (DemoConfig(photos="no-such-folder", memes="."), InputNotFoundError, "no-such-folder: no such photo folder"),
+        (DemoConfig(photos=".", memes="no-such-memes"), InputNotFoundError, "no-such-memes: no such meme folder"),
+        (DemoConfig(photos=".", memes=".", k=0), OptionError, "-k must be >= 1"),
+    ],
+)
+def test_demo_checks_its_inputs_before_any_work(config, error, text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=text):
+        run_demo(DemoConfig(**{**config.__dict__, "out": tmp_path / "out"}))
+    assert not (tmp_path / "out").exists()
 
 
 def test_shipped_meme_list():
     items = meme_list()
     assert len(items) == 359
     assert all(len(sha) == 64 and url.startswith("https://imgflip.com/") for sha, url in items)
+    assert len({sha for sha, _ in items}) > 350  # real digests, not a placeholder repeated
 
 
-def test_download_memes_checks_sha256(tmp_path):
-    from test_assets import QuietHandler
-
+def test_download_memes_checks_sha256(shared, tmp_path):
     names = [p.name for p in sorted(MEMES.glob("*.jpg"))[:12]]
     items = [(hashlib.sha256((MEMES / n).read_bytes()).hexdigest(), f"https://imgflip.com/s/meme/{n}") for n in names]
-    items.append(("0" * 64, f"https://imgflip.com/s/meme/{names[0]}-tampered.jpg"))  # wrong / missing
+    items.append(("0" * 64, f"https://imgflip.com/s/meme/{names[0]}-tampered.jpg"))  # missing: HTTP 404
     items.append(("0" * 64, "https://imgflip.com/s/meme/" + names[1].replace(".jpg", ".png")))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(MEMES)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     dest = tmp_path / "dest"
-    try:
-        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    with serve_folder(MEMES) as base:
         n, errors = download_memes(dest, items, base_url=base, progress=False)
-        assert n == 12 and len(errors) == 2  # the bad ones are reported, never fatal
-        for sha, url in items[:12]:
-            assert hashlib.sha256((dest / url.rsplit("/", 1)[-1]).read_bytes()).hexdigest() == sha
-        assert not list(dest.glob("*.part"))
-        # a file with the wrong content is discarded, not kept
-        (tmp_path / "fake").mkdir()
-        (tmp_path / "fake" / names[2]).write_bytes(b"not the meme")
-        httpd2 = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path / "fake"))
-        )
-        threading.Thread(target=httpd2.serve_forever, daemon=True).start()
-        n2, errors2 = download_memes(
-            tmp_path / "d2", [items[2]], base_url=f"http://127.0.0.1:{httpd2.server_address[1]}", progress=False
-        )
-        httpd2.shutdown()
-        httpd2.server_close()
-        assert n2 == 0 and "sha256 mismatch" in errors2[0] and not (tmp_path / "d2" / names[2]).exists()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    assert n == 12 and len(errors) == 2  # the bad ones are reported, never fatal
+    assert all(e.startswith(base) and "HTTP 404" in e and "\n" not in e for e in errors)
+    for sha, url in items[:12]:
+        assert hashlib.sha256((dest / url.rsplit("/", 1)[-1]).read_bytes()).hexdigest() == sha
+    assert sorted(p.name for p in dest.iterdir()) == sorted(names)  # no temporary or failed file left
+
+    # a file with the wrong content is discarded, not kept
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / names[2]).write_bytes(b"not the meme")
+    with serve_folder(tmp_path / "fake") as fake:
+        n2, errors2 = download_memes(tmp_path / "d2", [items[2]], base_url=fake, progress=False)
+    assert n2 == 0 and len(errors2) == 1 and "sha256 mismatch" in errors2[0]
+    assert list((tmp_path / "d2").iterdir()) == []
+
+
+def test_download_memes_keeps_good_files_and_survives_a_dead_server(shared, tmp_path):
+    name = sorted(MEMES.glob("*.jpg"))[0].name
+    sha = hashlib.sha256((MEMES / name).read_bytes()).hexdigest()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    shutil.copy(MEMES / name, dest / name)
+    other = sorted(MEMES.glob("*.jpg"))[1].name
+    items = [(sha, f"https://imgflip.com/s/meme/{name}"), ("1" * 64, f"https://imgflip.com/s/meme/{other}")]
+    n, errors = download_memes(dest, items, base_url=closed_port(), progress=False, timeout=5)
+    assert n == 1  # the file already there with its sha256 needs no server
+    assert len(errors) == 1 and "Connection refused" in errors[0] and other in errors[0]
+    assert sorted(p.name for p in dest.iterdir()) == [name]

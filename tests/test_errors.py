@@ -12,10 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import FACES, FERPLUS, MEMES, MODELS
+from helpers import FACES, FERPLUS, MEMES, MODELS, needs_shared
 
 from facial_search.errors import SkipReason
 from facial_search.index.store import MemeIndex
+
+pytestmark = needs_shared
 
 CLI = [sys.executable, "-m", "facial_search.cli"]
 #: Run as root without the capabilities that let root ignore file permissions (chmod 000 then applies).

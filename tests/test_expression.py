@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from helpers import FACES, FERPLUS
 
 from facial_search.embedders import get_embedder
 from facial_search.embedders.expression import GENERATION, MODEL_FILE, ExpressionEmbedder, model_path
@@ -16,15 +17,9 @@ from facial_search.io.images import load_image
 from facial_search.vision.align import DEFAULT_SIZE, TEMPLATE, align_face, similarity_transform
 from facial_search.vision.faces import FaceFinder, FaceFinderOptions, whole_image_face
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FERPLUS = Path(os.environ.get("FERPLUS_DIR", SHARED / "data" / "ferplus"))
-MODELS = Path(os.environ.get("FACIAL_SEARCH_MODELS", SHARED / "models"))
-FACES = SHARED / "data" / "faces"
-
 
 @pytest.fixture(scope="module")
-def finder():
-    os.environ.setdefault("FACIAL_SEARCH_MODELS", str(MODELS))
+def finder(shared):
     with FaceFinder.create_from_options(FaceFinderOptions(max_faces=1)) as f:
         yield f
 
@@ -56,16 +51,35 @@ def test_template_is_symmetric_and_inside():
     np.testing.assert_allclose(TEMPLATE[[0, 1, 11]][:, 0], 1 - TEMPLATE[[3, 2, 12]][:, 0], atol=1e-4)
 
 
-def test_align_whole_image_and_landmarks_shapes():
-    img = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
-    assert align_face(img, None).shape == (DEFAULT_SIZE, DEFAULT_SIZE)
-    lm = np.zeros((478, 3), np.float32)
-    lm[:, :2] = 0.5
+def test_whole_image_face_is_the_centred_square():
+    img = np.zeros((300, 200, 3), np.uint8)
+    img[50:250] = 255  # the centred 200x200 square is white, the bands above and below black
+    out = align_face(img, None)
+    assert out.shape == (DEFAULT_SIZE, DEFAULT_SIZE) and out.dtype == np.uint8
+    assert out.min() == 255
+
+
+def _smooth_image(side: int) -> np.ndarray:
+    y, x = np.mgrid[0:side, 0:side] * (300 / side)
+    grey = (128 + 100 * np.sin(x / 23) * np.cos(y / 31)).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, 2)
+
+
+@pytest.mark.parametrize("side", [300, 900])  # 900: the face is shrunk by 0.27 (the area-averaging path)
+def test_align_maps_template_landmarks_to_the_output_square(side):
+    """Landmarks placed at the template, scaled into the square [0.4, 0.6]^2 of the image: the aligned face is
+    that square resized to the output size."""
     from facial_search.vision.align import ALIGN_LANDMARKS
 
-    lm[list(ALIGN_LANDMARKS), :2] = TEMPLATE * 0.2 + 0.4  # a small face in a big image: the shrinking path
+    img = _smooth_image(side)
+    lm = np.full((478, 3), 0.5, np.float32)
+    lm[list(ALIGN_LANDMARKS), :2] = TEMPLATE * 0.2 + 0.4
     out = align_face(img, lm)
     assert out.shape == (DEFAULT_SIZE, DEFAULT_SIZE) and out.dtype == np.uint8
+    lo, hi = round(side * 0.4), round(side * 0.6)
+    expected = cv2.resize(img[lo:hi, lo:hi, 0], (DEFAULT_SIZE, DEFAULT_SIZE), interpolation=cv2.INTER_AREA)
+    assert np.abs(out.astype(int) - expected).max() <= 6
+    assert np.abs(out.astype(int) - align_face(img, None)).mean() > 20  # not the whole image
 
 
 def test_aligned_fer_crop_looks_like_the_crop(finder):

@@ -6,11 +6,13 @@ import io
 
 import numpy as np
 import pytest
-from conftest import FACES
+from helpers import FACES, needs_shared
 from PIL import Image
 
 from facial_search.errors import ImageDecodeError, ImageError, ImageTooLargeError, NotAnImageError, SkipReason
 from facial_search.io.images import load_image, load_image_reduced
+
+pytestmark = needs_shared
 
 
 def _png_bytes(im: Image.Image, **kw) -> bytes:

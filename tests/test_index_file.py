@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FACES, MEMES, SAMPLE_MEMES
+from helpers import FACES, MEMES, SAMPLE_MEMES, needs_shared
 
 from facial_search.errors import IndexFormatError, IndexLockedError, IndexVersionError
 from facial_search.index.store import EmbedderInfo, MemeIndex
@@ -283,6 +283,8 @@ HOLD = (
     "import sys; from facial_search.index.lock import IndexWriter; w = IndexWriter(sys.argv[1]).acquire(); "
     "print('held', flush=True); sys.stdin.read()"
 )
+
+pytestmark = needs_shared
 
 
 def _holder(path: Path) -> subprocess.Popen:

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import FACES, FERPLUS, MEMES
+from helpers import FACES, FERPLUS, MEMES, needs_shared
 
 from facial_search.embedders import get_embedder
 from facial_search.errors import EmbedderMismatchError, NoFaceError
@@ -22,6 +22,8 @@ from facial_search.vision.faces import (
     detect_in_crop,
     tile_windows,
 )
+
+pytestmark = needs_shared
 
 
 @pytest.fixture(scope="module")

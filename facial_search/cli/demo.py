@@ -20,6 +20,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facial_search.demo import run_demo
+    from facial_search.demo import DemoConfig, run_demo
 
-    return run_demo(args)
+    config = DemoConfig(
+        memes=args.memes, photos=args.photos, out=args.out, k=args.k, embedder=args.embedder, model_path=args.model
+    )
+    return run_demo(config)

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         for i, fm in enumerate(result.faces):
             print(f"face {i + 1} at {list(fm.box)}:")
             for m in fm.matches:
-                print(f"  {m.rank}. {m.title}  (distance {m.distance:.3f}, id {m.id}, {Path(m.source).name})")
+                line = f"  {m.rank}. {m.title}  (distance {m.distance:.3f}, id {m.id}, {Path(m.source).name})"
+                print(line.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # non-UTF-8 file names
         if args.out:
             print(f"wrote {args.out}")
     return 0

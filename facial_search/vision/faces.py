@@ -6,7 +6,11 @@ Model: MediaPipe FaceLandmarker bundle v1 (BlazeFace short-range detector, 478-p
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures.thread  # noqa: F401  (registers its exit hook now, before ours: _close_open_finders)
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +19,7 @@ import mediapipe as mp
 import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
+from facial_search.errors import ModelLoadError
 from facial_search.io.assets import find_asset
 
 #: Landmark count of the FaceLandmarker v1 model (468 FaceMesh points + 10 iris points).
@@ -87,17 +92,22 @@ class FaceFinder:
 
     Not thread-safe: use one per thread or process. A context manager; :meth:`close` releases the graph.
 
+    >>> from facial_search import load_image
     >>> with FaceFinder.create_from_options(FaceFinderOptions()) as finder:
     ...     faces = finder.detect(load_image("me.jpg"))
+    >>> faces[0].landmarks.shape, faces[0].blendshapes.shape
+    ((478, 3), (52,))
     """
 
     def __init__(self, landmarker: vision.FaceLandmarker, options: FaceFinderOptions):
         self._landmarker = landmarker
         self.options = options
+        _OPEN_FINDERS.add(self)
 
     @classmethod
     def create_from_options(cls, options: FaceFinderOptions | None = None) -> FaceFinder:
-        """Build a finder; raises :class:`~facial_search.errors.AssetError` if the model cannot be found."""
+        """Build a finder; raises :class:`~facial_search.errors.AssetError` if the model cannot be found,
+        :class:`~facial_search.errors.ModelLoadError` if it is no ``.task`` bundle MediaPipe loads."""
         options = options or FaceFinderOptions()
         model = find_asset(path=options.model_path)
         mode = vision.RunningMode.VIDEO if options.running_mode == "video" else vision.RunningMode.IMAGE
@@ -112,7 +122,11 @@ class FaceFinder:
             output_facial_transformation_matrixes=True,
             **options.extra,
         )
-        return cls(vision.FaceLandmarker.create_from_options(mp_options), options)
+        try:
+            landmarker = vision.FaceLandmarker.create_from_options(mp_options)
+        except (RuntimeError, ValueError) as e:  # MediaPipe: "Unable to open zip archive.", a bad graph...
+            raise ModelLoadError(f"{model}: not a MediaPipe FaceLandmarker model ({e})") from None
+        return cls(landmarker, options)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in one image (IMAGE mode).
@@ -130,6 +144,8 @@ class FaceFinder:
         return self._faces(self._landmarker.detect_for_video(_mp_image(image), int(timestamp_ms)), image)
 
     def close(self) -> None:
+        """Release MediaPipe's graph (idempotent). A finder left open is closed at interpreter exit."""
+        _OPEN_FINDERS.discard(self)
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
@@ -140,7 +156,7 @@ class FaceFinder:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self):  # a FaceLandmarker left open prints a TypeError at interpreter exit
+    def __del__(self):  # collected while open (never at interpreter exit: see _close_open_finders)
         try:
             self.close()
         except Exception:
@@ -162,6 +178,26 @@ class FaceFinder:
         faces.sort(key=lambda f: (f.box[0], f.box[1]))
         return faces
 
+
+#: Finders not yet closed. MediaPipe's ``FaceLandmarker.close`` runs on a thread pool; a landmarker still open
+#: when the interpreter tears its modules down prints ``Exception ignored in ... __del__ ... TypeError``
+#: (its module globals are gone). So open finders are closed at the start of interpreter exit.
+_OPEN_FINDERS: weakref.WeakSet[FaceFinder] = weakref.WeakSet()
+
+
+def _close_open_finders() -> None:
+    for finder in list(_OPEN_FINDERS):
+        try:
+            finder.close()
+        except Exception:  # exiting anyway: a landmarker that cannot close must not stop the others
+            pass
+
+
+# ``threading._register_atexit`` hooks run when the main thread ends, last registered first; the thread pools
+# MediaPipe's close needs are shut down by concurrent.futures' hook, registered by the import at the top, so
+# this one runs before it (plain ``atexit`` hooks run after it: too late).
+_register_exit = getattr(threading, "_register_atexit", atexit.register)
+_register_exit(_close_open_finders)
 
 #: Share of each side added as edge padding around a ready-made face crop before detection: on 48x48 FER+
 #: crops it lifts the detection rate from about 88% to 92% (the detector wants some context around a face).
