@@ -119,11 +119,12 @@ def run_demo(config: DemoConfig) -> int:
     """
     from facial_search import render
     from facial_search.errors import EmbedderMismatchError, OutputError
+    from facial_search.index.store import MAX_K
     from facial_search.indexing import build_index, find_images
     from facial_search.pipeline import FacialSearch
 
-    if config.k < 1:
-        raise OptionError(f"-k must be >= 1, got {config.k}")
+    if not 1 <= config.k <= MAX_K:
+        raise OptionError(f"-k: must be from 1 to {MAX_K:,} (got {config.k})")
     shared = find_shared()
     photos = Path(config.photos) if config.photos else (shared / "data/faces" if shared else None)
     if photos is None:

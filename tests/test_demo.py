@@ -43,7 +43,7 @@ def test_demo_page_has_three_matches_per_face(sample_memes, tmp_path):
     [
         (DemoConfig(photos="no-such-folder", memes="."), InputNotFoundError, "no-such-folder: no such photo folder"),
         (DemoConfig(photos=".", memes="no-such-memes"), InputNotFoundError, "no-such-memes: no such meme folder"),
-        (DemoConfig(photos=".", memes=".", k=0), OptionError, "-k must be >= 1"),
+        (DemoConfig(photos=".", memes=".", k=0), OptionError, "-k: must be from 1"),
     ],
 )
 def test_demo_checks_its_inputs_before_any_work(config, error, text, tmp_path, monkeypatch):

@@ -281,6 +281,27 @@ def test_option_out_of_range_is_one_line(args, option, tmp_path):
     one_error_line(r, f"error: {option}: must be")
 
 
+@pytest.mark.parametrize("command", ["search", "live", "library"])
+def test_a_k_too_large_to_answer_is_one_line_not_a_memory_error(command, meme_index):
+    """-k 99999999999 asked numpy for a (1, k) answer: 373 GiB, a MemoryError traceback after the model loaded."""
+    from facial_search.errors import OptionError
+    from facial_search.index.store import MAX_K
+
+    huge = "99999999999"
+    if command == "library":
+        index = MemeIndex.load(meme_index)
+        with pytest.raises(OptionError, match="k: must be"):
+            index.search(index.embeddings[:1], k=int(huge))
+        assert index.search(index.embeddings[:1], k=MAX_K)[1].shape == (1, MAX_K)  # the bound itself answers
+        return
+    if command == "search":
+        r = run("search", FACES / "single_face.jpg", "--index", meme_index, "-k", huge)
+    else:
+        video = FACES.parent / "videos" / "single_face.mp4"
+        r = run("live", "--video", video, "--index", meme_index, "--no-window", "-k", huge)
+    one_error_line(r, "k", "must be at most")
+
+
 @pytest.mark.parametrize(
     "args, expect",
     [

@@ -31,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from facial_search.pipeline import FacialSearch
 
     check_at_least(args.k, "-k")
+    from facial_search.index.store import MAX_K
+
+    if args.k > MAX_K:
+        from facial_search.errors import OptionError
+
+        raise OptionError(f"-k: must be at most {MAX_K:,} (got {args.k:,})")
     if args.out:  # before the search: an output that cannot be written fails at once
         from facial_search.io.outputs import check_output_file
 

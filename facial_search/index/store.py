@@ -14,11 +14,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from facial_search.errors import EmbedderMismatchError
+from facial_search.errors import EmbedderMismatchError, OptionError
 from facial_search.index.dedupe import merge_duplicates
 from facial_search.index.fileformat import FORMAT_NAME, FORMAT_VERSION, IndexContents, read_index, write_index
 from facial_search.index.kernels import group_layout, group_min, top_k
 from facial_search.index.lock import IndexWriter, held_writer
+
+#: Most neighbours one search returns per query (the answer is ``(Q, k)``: a k of billions would not fit in
+#: memory; FAISS's GPU indexes stop at 2,048).
+MAX_K = 10_000
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,7 @@ class MemeIndex:
 
         Args:
             queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
-            k: neighbours per query.
+            k: neighbours per query, 1 to :data:`MAX_K` (else :class:`~facial_search.errors.OptionError`).
             group_by_source: one neighbour per picture at most (its nearest face), so that a meme with
                 several faces, or saved twice under two names, fills one of the k places, not several (a
                 "grouping search", as Milvus's ``group_by_field``; groups: :meth:`source_groups`).
@@ -227,8 +231,8 @@ class MemeIndex:
             embeddings), ascending per row; ids int64, ``-1`` (and distance ``inf``) where the index holds
             fewer than k faces (or k source images, when grouping).
         """
-        if k < 1:
-            raise ValueError("k must be >= 1")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+            raise OptionError(f"k: must be a whole number from 1 to {MAX_K:,} (got {k!r})")
         d = self.distances(queries)
         if not d.size:
             return top_k(d, k)

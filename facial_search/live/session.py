@@ -73,6 +73,9 @@ class LiveConfig:
     model_path: str | os.PathLike | None = None
 
     def __post_init__(self):
+        from facial_search.index.store import MAX_K
+
+        _need(not isinstance(self.k, int | np.integer) or self.k <= MAX_K, "k", self.k, f"must be at most {MAX_K:,}")
         for name in ("k", "embed_every", "max_faces"):
             value = getattr(self, name)
             _need(isinstance(value, int | np.integer) and value >= 1, name, value, "must be a whole number, at least 1")
