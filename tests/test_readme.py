@@ -23,8 +23,21 @@ from facial_search.index.store import MemeIndex
 README = ROOT / "README.md"
 #: What a clean run never prints on stderr (MediaPipe's own INFO/W lines are allowed).
 FORBIDDEN = ("Exception ignored", "Traceback", "TypeError", "Error:")
+PACKAGE = Path(__file__).resolve().parent.parent / "facial_search"
+
+
+def _modules_with_examples() -> tuple[str, ...]:
+    """Every module of the package whose source holds a ``>>>`` example: all are doctests, none is left to rot."""
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if ">>> " in path.read_text(encoding="utf-8"):
+            parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return tuple(names)
+
+
 #: Modules whose docstring examples are doctests (run in the folder, output matched with ELLIPSIS).
-DOCTEST_MODULES = ("facial_search", "facial_search.pipeline", "facial_search.vision.faces")
+DOCTEST_MODULES = _modules_with_examples()
 
 
 def python_blocks(text: str) -> list[str]:
@@ -43,6 +56,7 @@ def folder(meme_index, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("readme")
     shutil.copy(meme_index, d / "memes.fsindex")
     shutil.copy(FACES / "0-f1-su-ph.jpg", d / "me.jpg")  # one face, surprised
+    shutil.copy(FACES.parent / "videos" / "single_face.mp4", d / "clip.mp4")  # 2.4 s smile (live's example)
     return d
 
 
@@ -96,6 +110,7 @@ def test_docstring_examples_run_as_doctests(folder):
     _clean(r)
     counts = {line.split()[0]: tuple(map(int, line.split()[1:])) for line in r.stdout.splitlines() if line}
     assert set(counts) == set(DOCTEST_MODULES), r.stdout
+    assert {"facial_search", "facial_search.pipeline", "facial_search.live.one_euro"} <= set(counts)
     for name, (attempted, failed) in counts.items():
         assert attempted >= 2 and failed == 0, (name, r.stdout)
 

@@ -8,6 +8,8 @@
 
 >>> from facial_search.live import LiveOptions, run_live
 >>> stats = run_live(LiveOptions("memes.fsindex", video="clip.mp4", window=False, log="clip.jsonl"))
+>>> stats.frames == len(open("clip.jsonl").readlines()), stats.frames_with_faces > 0
+(True, True)
 """
 
 from facial_search.io.video import FrameSource, VideoFrame, VideoSink, next_timestamp

@@ -120,10 +120,14 @@ class Tracker:
         max_missing: a track not seen for more than this many frames in a row ends (its filter with it).
         min_iou, max_centre: association thresholds (see :func:`match_boxes`).
 
+    >>> from facial_search import FaceFinder, load_image
+    >>> with FaceFinder.create_from_options() as finder:
+    ...     faces = finder.detect(load_image("me.jpg"))
     >>> tracker = Tracker(OneEuroParams())
-    >>> for frame_no, (t, faces) in enumerate(stream):   # t: seconds, from the video
-    ...     for track in tracker.update(faces, t, frame_no):
-    ...         print(track.id, track.box)
+    >>> for frame_no, t in enumerate([0.0, 1 / 30]):  # t: seconds, from the video; the same face twice
+    ...     print([track.id for track in tracker.update(faces, t, frame_no)])
+    [0]
+    [0]
     """
 
     def __init__(
