@@ -114,6 +114,10 @@ class EmbedderMismatchError(FacialSearchError):
     """An index built by another embedder (name, version or dimension) than the one in use."""
 
 
+class IndexBackendError(FacialSearchError):
+    """An index server that cannot be reached or fails (``milvus://HOST:PORT``: down, wrong port, refused)."""
+
+
 # -- other files a user points at ----------------------------------------------------------------------------
 class InputNotFoundError(FacialSearchError, FileNotFoundError):
     """An input file or folder that does not exist."""
