@@ -162,14 +162,13 @@ def run_demo(config: DemoConfig) -> int:
         return build_index([memes], index_path, titles=titles, embedder=config.embedder, model_path=config.model_path)
 
     try:
-        index, report = index_memes()
+        _store, report = index_memes()
     except EmbedderMismatchError:  # the demo's own index, made by an older model: start it again
         print(f"{index_path} was made by another embedder: rebuilding it", file=sys.stderr)
         index_path.unlink()
-        index, report = index_memes()
-    print(
-        f"index: {len(index.files)} images, {len(index)} faces ({len(index.skipped)} images without a face or unreadable)"
-    )
+        _store, report = index_memes()
+    d = report.store  # the index's describe()
+    print(f"index: {d['images']} images, {d['faces']} faces ({d['skipped']} images without a face or unreadable)")
 
     results, skipped = [], {}
     with FacialSearch.open(index_path, embedder=config.embedder, model_path=config.model_path) as fs:

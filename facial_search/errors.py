@@ -114,6 +114,11 @@ class EmbedderMismatchError(FacialSearchError):
     """An index built by another embedder (name, version or dimension) than the one in use."""
 
 
+class IndexURIError(FacialSearchError, ValueError):
+    """An index URI of a scheme no backend knows (``--index s3://...``; known: a path, ``file://``,
+    ``milvus-lite://``, ``milvus://``)."""
+
+
 class IndexBackendError(FacialSearchError):
     """An index server that cannot be reached or fails (``milvus://HOST:PORT``: down, wrong port, refused)."""
 

@@ -1,7 +1,7 @@
-"""Indexing: folders of meme images -> a :class:`~facial_search.index.MemeIndex`, on every core, resumable.
+"""Indexing: folders of meme images -> any store (:func:`facial_search.index.open`), on every core, resumable.
 
 files ──find_images──▶ new or changed files ──parallel.map_images (one Pipeline a process)──▶
-faces + embeddings + picture hashes ──MemeIndex.add──▶ saved atomically every few seconds
+faces + embeddings + picture hashes ──Store.add──▶ Store.commit every few seconds (a file store: saved atomically)
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import numpy as np
 
 from facial_search import embedders
 from facial_search.errors import ImageError, InputNotFoundError, SkipReason, TitlesFileError
+from facial_search.index.base import Store
 from facial_search.index.dedupe import face_dhash
-from facial_search.index.lock import holding_writer_lock
-from facial_search.index.store import EmbedderInfo, FileRecord, MemeIndex
+from facial_search.index.store import EmbedderInfo, FileRecord, file_path, open_store
 from facial_search.io.csv_files import read_csv_rows
 from facial_search.io.images import IMAGE_SUFFIXES, load_image
-from facial_search.io.outputs import check_output_file
 from facial_search.io.progress import progress as progress_bar
 from facial_search.parallel import WorkerConfig, current_pipeline, map_images, resolve_workers
 
@@ -38,6 +37,8 @@ class IndexReport:
         unreadable_folders: ``{folder: problem}`` of folders under ``inputs`` that could not be listed; the
             images in them were not looked at (and those an earlier run indexed there are kept).
         seconds: wall-clock time of the run.
+        store: the store's :meth:`~facial_search.index.base.Store.describe` at the end of the run (faces,
+            images, skipped, embedder, backend...; what ``facial-search index`` prints).
     """
 
     scanned: int = 0
@@ -49,6 +50,7 @@ class IndexReport:
     skipped_files: dict[str, str] = field(default_factory=dict)
     unreadable_folders: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    store: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,6 @@ def _index_one(path: str) -> _FileResult:
     )
 
 
-@holding_writer_lock("out")  # held from the load of `out` to its last save: a second run refuses at once
 def build_index(
     inputs: Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -202,21 +203,30 @@ def build_index(
     progress: bool = True,
     checkpoint_seconds: float = 15.0,
     tiles: bool = True,
-) -> tuple[MemeIndex, IndexReport]:
-    """Index every face of every image in ``inputs`` into ``out`` (created or updated).
+) -> tuple[Store, IndexReport]:
+    """Index every face of every image in ``inputs`` into the store ``out`` (created or updated).
+
+    ``out`` is any store URI (:func:`facial_search.index.open`): an index file (a plain path or ``file://``),
+    ``milvus-lite://PATH.db``, ``milvus://HOST:PORT/COLLECTION``. It is opened with ``create=True`` and, for a
+    file, ``writer=True``: the file's writer lock is held from before the index is read until its last save,
+    so a second run into it is refused at once (:mod:`facial_search.index.lock`).
 
     An existing index is updated: files whose size and mtime are unchanged are not processed again (unless
     :func:`needs_indexing` says the index predates what finds or hashes their faces now), changed files are
     re-indexed, new files added, and files recorded under a folder of ``inputs`` that are gone
     from disk (deleted, renamed) are removed with their faces, so the index mirrors its folders; files
     outside ``inputs`` are kept (one index can hold several folders). Files that cannot be read or have no
-    face are recorded as skipped with a reason, never fatal. The index is saved atomically every
-    ``checkpoint_seconds`` and at the end, so an interrupted run keeps what it had done. ``tiles``: see
-    :class:`Pipeline`.
+    face are recorded as skipped with a reason, never fatal. The store is committed
+    (:meth:`~facial_search.index.base.Store.commit`: a file is saved atomically) every ``checkpoint_seconds``
+    and at the end, so an interrupted run keeps what it had done. ``tiles``: see :class:`Pipeline`.
 
     Everything that can be checked is checked before any image is processed: the embedder name, ``workers``,
-    that ``out`` can be written, the existing index, the titles file, the inputs. Folders that cannot be
-    listed are reported in :attr:`IndexReport.unreadable_folders`, not silently left out.
+    that ``out`` can be written (for a file), the existing index, the titles file, the inputs. Folders that
+    cannot be listed are reported in :attr:`IndexReport.unreadable_folders`, not silently left out.
+
+    Returns:
+        ``(store, report)``: the store, closed (a :class:`~facial_search.index.MemeIndex` stays usable in
+        memory; reopen another backend with :func:`facial_search.index.open`), and the :class:`IndexReport`.
 
     Raises:
         UnknownEmbedderError: no embedder named ``embedder``.
@@ -227,6 +237,8 @@ def build_index(
         IndexFormatError: ``out`` exists and is no index.
         IndexLockedError: another run is writing ``out`` (refused at once, before any work; see
             :mod:`facial_search.index.lock`).
+        IndexURIError, MissingDependencyError, IndexBackendError: ``out`` is an unknown URI, or a Milvus one
+            without pymilvus or whose server cannot be reached.
         TitlesFileError: a bad ``titles`` file.
         InputNotFoundError: an input (or ``titles``) does not exist.
         AssetError, ModelLoadError, WorkerStartError: the workers cannot build their pipeline (at once).
@@ -235,15 +247,26 @@ def build_index(
     emb = embedders.get_embedder(embedder)
     info = EmbedderInfo.of(emb)
     workers = resolve_workers(workers)
-    out = check_output_file(out)
-    index = MemeIndex.load(out, expect=info) if out.exists() else MemeIndex(info)
+    out_file = file_path(out)  # None: another backend (no file checks, no writer lock)
+    store = open_store(out, embedder=info, create=True, writer=out_file is not None)
+    try:
+        report = _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles)
+        report.store = store.describe()
+    finally:
+        store.close()
+    report.seconds = time.perf_counter() - t0
+    return store, report
+
+
+def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles):
+    """The work of :func:`build_index` on the open ``store``; returns the :class:`IndexReport`."""
     title_map = load_titles(titles) if titles else {}
     inputs = list(inputs)
     unreadable: dict[str, str] = {}
     files = find_images(inputs, unreadable)
     report = IndexReport(scanned=len(files), unreadable_folders=unreadable)
-    for source in gone_sources(index.files, inputs, files, unreadable):
-        index.remove_source(source)
+    for source in gone_sources(list(store.files), inputs, files, unreadable):
+        store.remove_source(source)
         report.removed += 1
     finder = FINDER_TILES if tiles else FINDER_WHOLE
     todo = []
@@ -253,7 +276,7 @@ def build_index(
         except OSError:  # gone or unreadable since it was listed: the worker records why
             todo.append(str(f))
             continue
-        if needs_indexing(index.files.get(str(f)), st, finder):
+        if needs_indexing(store.files.get(str(f)), st, finder):
             todo.append(str(f))
         else:
             report.unchanged += 1
@@ -264,13 +287,13 @@ def build_index(
     finished = False
     try:
         for r in results:
-            index.remove_source(r.source)
+            store.remove_source(r.source)
             if r.reason is not None:
                 report.skipped[r.reason] += 1
                 report.skipped_files[r.source] = r.skipped
             else:
                 title = title_map.get(Path(r.source).name) or title_from_filename(r.source)
-                index.add(
+                store.add(
                     r.embeddings,
                     [
                         {"source": r.source, "face": i, "box": b, "title": title, "picture_hash": h}
@@ -278,16 +301,16 @@ def build_index(
                     ],
                 )
                 report.added_faces += len(r.boxes)
-            index.record_file(r.source, FileRecord(r.size, r.mtime_ns, len(r.boxes), r.skipped, finder))
+            store.record_file(r.source, FileRecord(r.size, r.mtime_ns, len(r.boxes), r.skipped, finder))
             report.processed += 1
             bar.update(1)
             if time.monotonic() - last_save > checkpoint_seconds:
-                index.save(out)
+                store.commit()
                 last_save = time.monotonic()
         finished = True
     finally:
         bar.close()
-        if report.processed or report.removed or (finished and not out.exists()):  # no empty index on a failure
-            index.save(out)
-        report.seconds = time.perf_counter() - t0
-    return index, report
+        new_file = out_file is not None and not out_file.exists()
+        if report.processed or report.removed or (finished and (new_file or out_file is None)):
+            store.commit()  # no empty index file on a failure
+    return report

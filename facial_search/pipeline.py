@@ -1,10 +1,10 @@
 """The facial-search pipeline, top to bottom:
 
     image file ──decode──▶ RGB ──FaceLandmarker──▶ faces (box, 478 landmarks, 52 blendshapes)
-               ──embedder──▶ (N, D) unit-norm embeddings ──index.search──▶ top-k memes per face
+               ──embedder──▶ (N, D) unit-norm embeddings ──Store.search──▶ top-k memes per face
 
-:class:`Pipeline` is one process's decode + faces + embedding (no index); :class:`FacialSearch` adds a
-loaded index and is the three-line happy path. Indexing folders of memes on every core is
+:class:`Pipeline` is one process's decode + faces + embedding (no index); :class:`FacialSearch` adds an
+open store (any backend: :func:`facial_search.index.open`) and is the three-line happy path. Indexing folders of memes on every core is
 :func:`facial_search.indexing.build_index`.
 """
 
@@ -18,7 +18,8 @@ import numpy as np
 
 from facial_search import embedders
 from facial_search.errors import NoFaceError
-from facial_search.index.store import EmbedderInfo, MemeIndex
+from facial_search.index.base import Store
+from facial_search.index.store import EmbedderInfo, check_embedder, open_store
 from facial_search.io.images import load_image
 from facial_search.vision.faces import (
     TILE_MIN_CONFIDENCE,
@@ -171,29 +172,38 @@ class FacialSearch:
     (...) [...]
     """
 
-    def __init__(self, index: MemeIndex, pipeline: Pipeline, index_path: str | None = None):
+    def __init__(self, index: Store, pipeline: Pipeline, index_path: str | None = None, *, owns_index: bool = False):
         self.index = index
         self.pipeline = pipeline
         self.index_path = index_path
+        self._owns_index = owns_index
 
     @classmethod
     def open(cls, index_path: str | os.PathLike, *, embedder=None, model_path=None, max_faces: int = 8) -> FacialSearch:
-        """Load an index and build the pipeline that matches it.
+        """Open an index (any store URI: a path, ``file://``, ``milvus-lite://``, ``milvus://``; see
+        :func:`facial_search.index.open`) and build the pipeline that matches it. :meth:`close` closes both.
 
         Raises:
             FileNotFoundError, IndexFormatError: the index cannot be read.
+            IndexURIError, MissingDependencyError, IndexBackendError: an unknown URI, or a Milvus one without
+                pymilvus or whose server cannot be reached.
             EmbedderMismatchError: the index was built by another embedder than the one asked for.
             AssetError: the landmarker model cannot be found or downloaded.
         """
-        index = MemeIndex.load(index_path)
-        if embedder is None:
-            embedder = index.embedder.name if index.embedder.name in embedders.available() else None
-        pipeline = Pipeline(embedder=embedder, model_path=model_path, max_faces=max_faces)
-        expect = EmbedderInfo.of(pipeline.embedder)
-        if index.embedder != expect:
-            pipeline.close()
-            MemeIndex.load(index_path, expect=expect)  # raises EmbedderMismatchError with the message
-        return cls(index, pipeline, str(index_path))
+        index = open_store(index_path)
+        try:
+            if embedder is None:
+                embedder = index.embedder.name if index.embedder.name in embedders.available() else None
+            pipeline = Pipeline(embedder=embedder, model_path=model_path, max_faces=max_faces)
+            try:
+                check_embedder(index, EmbedderInfo.of(pipeline.embedder))
+            except BaseException:
+                pipeline.close()
+                raise
+        except BaseException:
+            index.close()
+            raise
+        return cls(index, pipeline, os.fspath(index_path), owns_index=True)
 
     def search(
         self, image: str | os.PathLike | bytes | np.ndarray, k: int = 3, *, group_by_source: bool = True
@@ -238,7 +248,10 @@ class FacialSearch:
         return SearchResult(name, out, rgb)
 
     def close(self) -> None:
+        """Close the pipeline's landmarker, and the index where :meth:`open` opened it (idempotent)."""
         self.pipeline.close()
+        if self._owns_index:
+            self.index.close()
 
     def __enter__(self) -> FacialSearch:
         return self

@@ -114,8 +114,11 @@ def test_search_writes_picture_and_page(meme_index, tmp_path):
 def test_info_json(meme_index):
     doc = json.loads(run("info", meme_index, "--json", check=True).stdout)
     index = MemeIndex.load(meme_index)
-    assert doc == {"embedder": index.embedder.name, "dim": index.embedder.dim, "images": len(index.files),
-                   "faces": len(index), "skipped": len(index.skipped)}  # fmt: skip
+    assert {k: doc[k] for k in ("embedder", "dim", "images", "faces", "skipped")} == {
+        "embedder": index.embedder.name, "dim": index.embedder.dim, "images": len(index.files),
+        "faces": len(index), "skipped": len(index.skipped)}  # fmt: skip
+    assert doc["backend"] == "file (exact)" and doc["uri"] == str(meme_index)
+    assert doc["pictures"] == len(set(index.source_groups().tolist()))
     assert doc["faces"] > 0 and doc["skipped"] > 0
 
 

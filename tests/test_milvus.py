@@ -3,6 +3,7 @@ embeddings and entries of the session's meme index, checked against the file bac
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -240,3 +241,31 @@ def test_non_utf8_source_round_trips(tmp_path, real):
         d, i = s.search(emb[:1], k=3, group_by_source=True)
         assert i[0].tolist() == [ids[0], ids[1], -1]  # the two faces of `weird` are one group
         assert s.remove_source(weird) == 2 and [e.source for e in s.entries()] == [plain]
+
+
+def test_the_cli_indexes_and_searches_milvus_lite_across_processes(sample_memes, tmp_path):
+    """Each command is a new process: a store written by one is opened (released, on disk) by the next."""
+    import subprocess
+    import sys
+
+    from helpers import FACES
+
+    cli = [sys.executable, "-m", "facial_search.cli"]
+    uri = f"milvus-lite://{tmp_path / 'memes.db'}"
+    memes = [str(p) for p in sample_memes[:4]]
+
+    def run(*args):
+        r = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "RPC error" not in r.stderr, r.stderr[-2000:]
+        return r
+
+    run("index", *memes, "--out", uri, "--workers", "1", "--no-progress")
+    info = json.loads(run("info", uri, "--json").stdout)
+    assert info["backend"] == "milvus-lite" and info["images"] == 4 and info["faces"] >= 3
+    doc = json.loads(run("search", str(FACES / "single_face.jpg"), "--index", uri, "--json", "-k", "2").stdout)
+    matches = doc["faces"][0]["matches"]
+    assert len(matches) == 2 and {m["source"] for m in matches} <= set(memes)
+    assert matches[0]["distance"] <= matches[1]["distance"]
+    again = run("index", *memes, "--out", uri, "--workers", "1", "--no-progress")
+    assert "4 unchanged" in again.stdout, again.stdout

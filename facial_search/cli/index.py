@@ -1,4 +1,4 @@
-"""``facial-search index``: index the faces of meme images (creates or updates an index file)."""
+"""``facial-search index``: index the faces of meme images (creates or updates an index: a file or any store URI)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from facial_search.cli._common import add_model_options, check_above, check_at_l
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the ``index`` command to ``sub`` (``ArgumentParser.add_subparsers()``)."""
-    s = sub.add_parser("index", help="index the faces of meme images (creates or updates an index file)")
+    s = sub.add_parser("index", help="index the faces of meme images (creates or updates an index)")
     s.add_argument("inputs", nargs="+", metavar="DIR_OR_FILE", help="image files or folders (searched recursively)")
-    s.add_argument("--out", required=True, metavar="INDEX", help="index file to create or update (e.g. memes.fsindex)")
+    s.add_argument("--out", required=True, metavar="INDEX",
+                   help="index to create or update: a file (memes.fsindex, file://...), milvus-lite://PATH.db or "
+                   "milvus://HOST:PORT/COLLECTION")  # fmt: skip
     s.add_argument("--titles", metavar="CSV", help="sidecar CSV with columns file,title (e.g. imgflip.csv)")
     s.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -29,16 +31,16 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least(args.workers, "--workers")
     check_above(args.checkpoint_seconds, "--checkpoint-seconds")
-    index, report = build_index(
+    _store, report = build_index(
         args.inputs, args.out, titles=args.titles, embedder=args.embedder, model_path=args.model,
         workers=args.workers, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_seconds,
         tiles=not args.no_tiles,
     )  # fmt: skip
-    _print_index_summary(index, report, args.out)
+    _print_index_summary(report, args.out)
     return 0
 
 
-def _print_index_summary(index, report, out) -> None:
+def _print_index_summary(report, out) -> None:
     from facial_search.errors import SkipReason
 
     print(
@@ -46,9 +48,9 @@ def _print_index_summary(index, report, out) -> None:
         + (f", {report.removed} gone from the folder removed" if report.removed else "")
         + f"; +{report.added_faces} faces in {report.seconds:.1f} s"
     )
-    print(
-        f"index: {len(index.files)} images, {len(index)} faces, {len(index.skipped)} skipped, embedder {index.embedder}"
-    )
+    d = report.store  # the store's describe() at the end of the run
+    embedder = f"{d['embedder']} v{d['embedder_version']} ({d['dim']}-d)" if "embedder_version" in d else d["embedder"]
+    print(f"index: {d['images']} images, {d['faces']} faces, {d['skipped']} skipped, embedder {embedder}")
     if report.skipped:
         print("skipped this run: " + ", ".join(f"{n} {why.value}" for why, n in report.skipped.most_common()))
         for src, why in sorted(report.skipped_files.items()):

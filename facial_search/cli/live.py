@@ -17,7 +17,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, metavar="N", help="camera number (default 0 when no --video)")
     src.add_argument("--video", metavar="FILE", help="video file instead of a camera")
-    s.add_argument("--index", required=True, metavar="INDEX")
+    s.add_argument(
+        "--index",
+        required=True,
+        metavar="INDEX",
+        help="a file (memes.fsindex, file://...), milvus-lite://PATH.db or milvus://HOST:PORT/COLLECTION",
+    )
     s.add_argument("--output", metavar="OUT.mp4", help="write the annotated video")
     s.add_argument("--log", metavar="OUT.jsonl", help="write one JSON line per frame")
     s.add_argument("--no-window", action="store_true", help="run headless")

@@ -16,7 +16,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """Add the ``search`` command to ``sub`` (``ArgumentParser.add_subparsers()``)."""
     s = sub.add_parser("search", help="find the top-k memes for every face in a photo")
     s.add_argument("image", metavar="IMAGE")
-    s.add_argument("--index", required=True, metavar="INDEX")
+    s.add_argument(
+        "--index",
+        required=True,
+        metavar="INDEX",
+        help="a file (memes.fsindex, file://...), milvus-lite://PATH.db or milvus://HOST:PORT/COLLECTION",
+    )
     s.add_argument("-k", type=int, default=3, help="matches per face (default 3)")
     s.add_argument("--all-faces", action="store_true",
                    help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip

@@ -12,6 +12,8 @@ fills one place of a top-k.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations, product
+from math import comb
 
 import cv2
 import numpy as np
@@ -63,36 +65,140 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
+def _chunks(m: int) -> list[tuple[int, int]]:
+    """The 64 hash bits cut into ``m`` disjoint runs, as even as possible: ``(shift, width)`` each."""
+    edges = [round(64 * i / m) for i in range(m + 1)]
+    return [(edges[i], edges[i + 1] - edges[i]) for i in range(m)]
+
+
+def _plan(n: int, max_bits: int, window: float, cell: float) -> tuple[int, int]:
+    """How to bucket one tier: ``(m, axes)``, m hash chunks (a pair within ``max_bits`` agrees on at least
+    ``m - max_bits`` of them, pigeonhole) and how many extra principal axes (0 to 2) are cut into cells, the
+    plan with the fewest estimated row visits + candidate pairs for ``n`` rows. ``window`` and ``cell`` are
+    the estimated shares of pairs that pass the first axis's window and share a cell of another axis."""
+    best, best_cost = (max_bits + 1, 0), np.inf
+    for m in range(max_bits + 1, max_bits + 7):
+        agree = m - max_bits
+        key_bits = sum(sorted(w for _, w in _chunks(m))[:agree])
+        for axes in range(3):
+            passes = comb(m, agree) * 2**axes
+            cost = passes * (4.0 * n + n * n / 2.0 ** (key_bits + 1) * window * cell**axes)
+            if cost < best_cost:
+                best, best_cost = (m, axes), cost
+    return best
+
+
+def _tier_pairs(
+    e: np.ndarray,
+    proj: np.ndarray,
+    hs: np.ndarray,
+    groups: np.ndarray,
+    distance: float,
+    max_bits: int,
+    batch: int,
+    plan: tuple[int, int] | None = None,
+):
+    """Yield ``(rows_a, rows_b)`` of every pair of ``e`` (rows with a hash, sorted by ``proj[:, 0]``) in
+    different ``groups`` nearer than ``distance`` whose hashes ``hs`` differ in at most ``max_bits`` bits
+    (each pair at least once). Candidates share the bits of ``m - max_bits`` hash chunks and, on each extra
+    axis, a cell of width ``2 * distance`` in one of two grids half a cell apart (two points nearer than
+    ``distance`` on an axis share a cell in one of them); within such a bucket only rows within ``distance``
+    on the first axis are compared."""
+    n = len(e)
+    sd = proj.std(0) * np.sqrt(np.pi) + 1e-12
+    if plan is None:
+        plan = _plan(n, max_bits, min(1.0, distance / sd[0]), min(1.0, 2 * distance / float(sd[1:].max(initial=0))))
+    m, axes = max(plan[0], max_bits + 1), min(plan[1], proj.shape[1] - 1)
+    chunks = _chunks(m)
+    margin = 1e-4  # float32 projections: never lose a pair at the window's edge
+    for agree in combinations(range(m), m - max_bits):
+        packed = np.zeros(n, dtype=np.uint64)
+        for c in agree:
+            shift, width = chunks[c]
+            packed = (packed << np.uint64(width)) | ((hs >> np.uint64(shift)) & np.uint64((1 << width) - 1))
+        for grid in product((0.0, distance), repeat=axes):
+            key = packed
+            for a, offset in enumerate(grid, start=1):
+                cells = np.floor((proj[:, a] + 2.0 + offset) / (2 * distance)).astype(np.uint64)
+                key = (key << np.uint64(8)) ^ cells  # < 2^8 cells of >= 0.02 on [-2, 2]; a clash only adds pairs
+            order = np.argsort(key, kind="stable")  # rows are sorted by proj[:, 0] already: it stays so per key
+            ks = key[order]
+            run = np.cumsum(np.r_[False, ks[1:] != ks[:-1]])
+            along = run * 8.0 + proj[order, 0]  # increasing: per key, then along the first axis (|proj| <= 1)
+            ends = np.searchsorted(along, along + distance + margin, side="right")
+            counts = ends - np.arange(n) - 1
+            (busy,) = np.nonzero(counts)
+            if not len(busy):
+                continue
+            total = np.cumsum(counts[busy])
+            lo = 0
+            while lo < len(busy):
+                hi = int(np.searchsorted(total, (total[lo - 1] if lo else 0) + batch, side="right"))
+                hi = max(hi, lo + 1)
+                first, many = busy[lo:hi], counts[busy[lo:hi]]
+                i = np.repeat(first, many)
+                step = np.arange(len(i)) - np.repeat(np.cumsum(many) - many, many) + 1
+                a, b = order[i], order[i + step]
+                keep = (groups[a] != groups[b]) & (np.bitwise_count(hs[a] ^ hs[b]) <= max_bits)
+                a, b = a[keep], b[keep]
+                sq = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", e[a], e[b]), 0.0)  # |a - b|^2, unit vectors
+                near = sq < distance * distance
+                yield a[near], b[near]
+                lo = hi
+
+
 def merge_duplicates(
     embeddings: np.ndarray,
     groups: np.ndarray,
     hashes: Sequence[str | None],
     rules: Sequence[tuple[float, int]] = DUPLICATE_RULES,
-    block: int = 256,
+    block: int = 1 << 20,
+    plan: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Join the groups of rows that hold the same picture: a pair of rows joins when, for one of ``rules``
     ``(distance, max_hamming)``, their embeddings are nearer than ``distance`` and their hashes differ in at
     most ``max_hamming`` bits (union-find, so transitively). A row without a hash joins nothing.
 
-    The near pairs are found exactly, without computing all of them: rows are sorted by their projection on
-    the embeddings' principal axis, and a block of rows is compared only with the rows whose projection is
-    within the largest ``distance`` of the block's (points nearer than that are that near on any unit axis);
-    within a block the hashes are compared first (few pairs pass), the distances then for those alone.
-    50,000 faces take about 6 s on 2 busy cores (FER+ embeddings with random or index-like hashes).
+    The pairs are found exactly without looking at all of them (multi-index hashing, Norouzi, Punjani & Fleet,
+    CVPR 2012, joined with a grid on the embeddings): per tier, the 64 hash bits are cut into m chunks, and
+    a pair within ``max_hamming`` bits agrees exactly on at least ``m - max_hamming`` of them; rows are
+    bucketed by the bits of each such set of chunks (and, where it pays, by cells on the embeddings' second
+    and third principal axes), and compared within a bucket only with the rows within ``distance`` on the
+    first principal axis. m and the axes are chosen from the number of rows, so that buckets stay small:
+    candidate pairs grow about linearly with N for hashes spread like dHashes (a copy's hash near its
+    original's, different pictures' hashes far apart). Measured (``benchmarks/bench_scale.py``): see there.
 
     Args:
         embeddings: ``(N, D) float32`` unit-norm rows.
         groups: ``(N,)`` int group of every row (e.g. its source image), numbers 0..G-1.
         hashes: N :func:`face_dhash` values or ``None``.
         rules: ``(distance, max_hamming)`` tiers (default :data:`DUPLICATE_RULES`).
+        block: most candidate pairs checked at once (memory: ~40 bytes + 8 D bytes each).
+        plan: ``(m, axes)`` for every tier instead of the chosen ones (m raised to ``max_hamming + 1`` where
+            lower, axes 0 to 2): the result is the same, only the time differs (tests, benchmarks).
 
     Returns:
-        ``(N,) int64`` groups after the merge, renumbered 0..G'-1.
+        ``(N,) int64`` groups after the merge, renumbered 0..G'-1 in the order of each merged group's lowest
+        original number.
     """
     groups = np.asarray(groups, dtype=np.int64)
     e = np.asarray(embeddings, dtype=np.float32)
     if len(e) < 2 or not rules:
         return np.unique(groups, return_inverse=True)[1].astype(np.int64)
+    has = np.array([h is not None for h in hashes], dtype=bool)
+    bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
+    rows = np.flatnonzero(has)
+    edges = []
+    if len(rows) > 1:
+        sample = e[rows[:: max(1, len(rows) // 4096)]]
+        axes = np.linalg.svd(sample - sample.mean(0), full_matrices=False)[2][:3]
+        proj = e[rows] @ axes.T
+        along = np.argsort(proj[:, 0], kind="stable")
+        order = rows[along]
+        es, hs, gs, ps = e[order], bits[order], groups[order], proj[along]
+        for distance, max_hamming in rules:
+            for a, b in _tier_pairs(es, ps, hs, gs, float(distance), int(max_hamming), int(block), plan):
+                edges.append(np.stack([gs[a], gs[b]], 1))
     parent = np.arange(int(groups.max()) + 1)
 
     def root(g: int) -> int:
@@ -101,34 +207,10 @@ def merge_duplicates(
             g = parent[g]
         return g
 
-    has = np.array([h is not None for h in hashes])
-    bits = np.array([int(h, 16) if h is not None else 0 for h in hashes], dtype=np.uint64)
-    reach = max(d for d, _ in rules)
-    most_bits = max(h for _, h in rules)
-    sample = e[:: max(1, len(e) // 4096)]
-    axis = np.linalg.svd(sample - sample.mean(0), full_matrices=False)[2][0]
-    order = np.argsort(e @ axis, kind="stable")
-    es, gs, hs, ok_hash = e[order], groups[order], bits[order], has[order]
-    proj = es @ axis
-    for start in range(0, len(es), block):
-        stop = min(start + block, len(es))
-        lo = int(np.searchsorted(proj, proj[start] - reach, side="left"))
-        hi = int(np.searchsorted(proj, proj[stop - 1] + reach, side="right"))
-        block_flips = np.bitwise_count(hs[start:stop, None] ^ hs[None, lo:hi])
-        rows, cols = np.nonzero(block_flips <= most_bits)
-        flips = block_flips[rows, cols]
-        rows += start
-        cols += lo
-        keep = (gs[rows] != gs[cols]) & ok_hash[rows] & ok_hash[cols]
-        rows, cols, flips = rows[keep], cols[keep], flips[keep]
-        sq = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", es[rows], es[cols]), 0.0)  # |a - b|^2, unit vectors
-        join = np.zeros(len(rows), dtype=bool)
-        for distance, max_hamming in rules:
-            join |= (sq < distance * distance) & (flips <= max_hamming)
-        rows, cols = rows[join], cols[join]
-        for r, c in zip(rows, cols, strict=True):
-            a, b = root(int(gs[r])), root(int(gs[c]))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    if edges:
+        for a, b in np.unique(np.sort(np.concatenate(edges), axis=1), axis=0):
+            ra, rb = root(int(a)), root(int(b))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([root(int(g)) for g in groups], dtype=np.int64)
     return np.unique(roots, return_inverse=True)[1].astype(np.int64)

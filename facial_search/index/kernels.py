@@ -1,10 +1,13 @@
-"""Search kernels of the index: exact top-k over a distance matrix, and the nearest row of every group.
+"""Search kernels of the index: exact top-k over a distance matrix, the nearest row of every group, and
+the k nearest groups from plain top-k searches (:func:`grouped_top_k`).
 
 Pure NumPy on ``(Q, N)`` distance matrices (Q queries, N indexed rows); :class:`~facial_search.index.store.MemeIndex`
 computes the distances and maps columns back to entry ids.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,3 +65,62 @@ def group_min(distances: np.ndarray, layout: tuple[np.ndarray, np.ndarray]) -> t
     counts = np.diff(np.r_[starts, len(order)])
     pos = np.where(ds == np.repeat(mins, counts, axis=1), np.arange(len(order)), len(order))
     return mins, order[np.minimum.reduceat(pos, starts, axis=1)]
+
+
+def grouped_top_k(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    n_queries: int,
+    groups: np.ndarray,
+    k: int,
+    fetch: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest groups of every query from plain top-k searches, without a ``(Q, N)`` grouping: exactly
+    ``top_k(*group_min(distances, group_layout(groups)), k)`` mapped to rows (each group at its nearest row,
+    the lowest row on a tie; groups ordered by distance, the lower group number on a tie).
+
+    A plain top-k' (k' = ``fetch`` * k at first) is fetched, and the first row of each group in it kept;
+    the groups nearer than the k'-th distance are exact (every nearer row was fetched). Queries with fewer
+    than k of them are searched again with 4 times k', until they have k or every row has been fetched.
+
+    Args:
+        search: ``search(queries, kk) -> (distances, rows)``, both ``(len(queries), kk)``: an exact plain
+            top-kk of the query numbers ``queries`` (``(q,) int64``, 0..n_queries-1), ascending, ``-1`` rows
+            past the N-th (e.g. ``lambda q, kk: top_k(d[q], kk)`` over a distance matrix, or FAISS's
+            ``index.search(x[q], kk)``). Ties may come in any order.
+        n_queries: Q.
+        groups: ``(N,)`` int group of every row, numbers 0..G-1.
+        k: groups per query, >= 1.
+        fetch: the first over-fetch factor.
+
+    Returns:
+        ``(distances, rows)``, both ``(Q, k)``: float32 distances ascending, int64 rows; ``inf`` and ``-1``
+        past the number of groups.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    n = len(groups)
+    dist = np.full((n_queries, k), np.inf, dtype=np.float32)
+    rows = np.full((n_queries, k), -1, dtype=np.int64)
+    todo = np.arange(n_queries, dtype=np.int64)
+    kk = min(n, max(k * fetch, k + 16))
+    while len(todo) and n:
+        d, r = search(todo, kk)
+        d, r = np.asarray(d, dtype=np.float32), np.asarray(r, dtype=np.int64)
+        complete = kk >= n
+        left = []
+        for q, dq, rq in zip(todo, d, r, strict=True):
+            ok = rq >= 0
+            dq, rq = dq[ok], rq[ok]
+            o = np.lexsort((rq, dq))  # by distance, then row
+            dq, rq = dq[o], rq[o]
+            gq = groups[rq]
+            _, first = np.unique(gq, return_index=True)  # each group's first (nearest, lowest) row
+            if not complete:
+                first = first[dq[first] < dq[-1]]  # exact: every row nearer than the last was fetched
+                if len(first) < k:
+                    left.append(q)
+                    continue
+            first = first[np.lexsort((gq[first], dq[first]))][:k]
+            dist[q, : len(first)], rows[q, : len(first)] = dq[first], rq[first]
+        todo = np.asarray(left, dtype=np.int64)
+        kk = min(n, kk * 4)
+    return dist, rows

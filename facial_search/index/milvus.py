@@ -75,6 +75,9 @@ _UNESCAPE = re.compile(r"%u([0-9A-F]{4})|%([0-9A-F]{2})")
 
 # Milvus Lite answers no MVCC timestamp to a query iterator; pymilvus then warns on every listing (harmless).
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(lambda r: "mvccTs" not in r.getMessage())
+# pymilvus logs every failed call with its traceback before raising it; we raise each as a typed one-line error
+# (IndexBackendError ...), so its log line would only repeat it on the user's terminal
+logging.getLogger("pymilvus.decorators").addFilter(lambda r: "RPC error" not in r.getMessage())
 
 
 def escape_text(s: str) -> str:
@@ -216,6 +219,10 @@ class MilvusStore:
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "embedder": vars(embedder), "next_id": 0}
             client.upsert(meta_name, [{"key": "meta", "value": json.dumps(meta), "_v": [0.0, 0.0]}])
             client.flush(meta_name)
+        present = set(client.list_collections())
+        for name in (meta_name, collection, f"{collection}_files"):
+            if name in present:
+                client.load_collection(name)  # a store written by another process is opened released
         meta = _read_meta(uri, client, meta_name)
         if meta.get("format") != FORMAT_NAME or not isinstance(meta.get("version"), int):
             raise IndexFormatError(f"{uri}: collection {collection!r} is not a facial-search store")

@@ -34,7 +34,8 @@ class LiveOptions:
     """One run of :func:`run_live` (``facial-search live``).
 
     Attributes:
-        index: the ``.fsindex`` file to match against.
+        index: the index to match against: any store URI (a ``.fsindex`` path, ``file://``,
+            ``milvus-lite://``, ``milvus://``; :func:`facial_search.index.open`).
         video: a video file to read; ``None``: a camera.
         camera: the camera number when there is no ``video`` (``None``: camera 0).
         output: write the annotated video here (``.mp4``/``.m4v``/``.mov``/``.avi``; same size, frame count and
@@ -233,7 +234,8 @@ def run_live(options: LiveOptions) -> LiveStats:
         LiveError: no camera, an unreadable video, no display for the window.
         OutputError: ``output`` or ``log`` cannot be written (unknown extension, missing or read-only folder).
         InputNotFoundError: the video file does not exist.
-        FileNotFoundError, IndexFormatError, EmbedderMismatchError, AssetError: from opening the index.
+        FileNotFoundError, IndexFormatError, EmbedderMismatchError, IndexURIError, AssetError: from opening
+            the index (:meth:`FacialSearch.open <facial_search.pipeline.FacialSearch.open>`).
     """
     from facial_search.pipeline import FacialSearch
 

@@ -2,8 +2,14 @@
 
     frame (RGB, timestamp) ──FaceLandmarker VIDEO mode──▶ faces
         ──Tracker (track ids, One Euro filter on 478 landmarks)──▶ tracks
-        ──embedder (+ One Euro on each track's embedding) + exact distances to the index
+        ──embedder (+ One Euro on each track's embedding) + distances to the index's faces
         ──MatchHysteresis──▶ stable top-k per track  (:class:`FrameResult`)
+
+The distances: on a :class:`~facial_search.index.MemeIndex` (the file store) the exact distances to every
+face (:meth:`MemeIndex.distances <facial_search.index.MemeIndex.distances>`, a fast path); on any other store
+(:class:`facial_search.index.base.Store`, e.g. Milvus) the :data:`CANDIDATES` + k nearest of a
+:meth:`~facial_search.index.base.Store.search`, with every face outside them at an infinite distance (a shown
+match that falls out of them is replaced at once).
 
 :class:`LiveSession` is the reusable core; :func:`annotate` draws a :class:`FrameResult` on a frame. Frames come
 from :class:`facial_search.io.video.FrameSource`; :mod:`facial_search.live.run` runs a whole stream (window,
@@ -24,11 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from facial_search.errors import OptionError
-from facial_search.index.store import group_min
+from facial_search.index.store import MemeIndex, group_min
 from facial_search.live.one_euro import OneEuroFilter, OneEuroParams
 from facial_search.live.overlay import ShownMatch, ThumbnailCache, draw_face, draw_fps
 from facial_search.live.tracking import MatchHysteresis, Tracker
 from facial_search.vision.faces import FaceFinder, FaceFinderOptions
+
+#: Neighbours beyond k a search on a store other than :class:`MemeIndex` asks for, per track and update: the
+#: candidates the hysteresis chooses among (a shown match is kept while it stays among them).
+CANDIDATES = 32
 
 
 def _need(ok: bool, name: str, value, need: str) -> None:
@@ -125,7 +135,8 @@ class LiveSession:
     """Landmarks (VIDEO mode), tracks, smoothing and stable matches for successive frames of one stream.
 
     Args:
-        search: an open :class:`~facial_search.pipeline.FacialSearch` (its index and embedder are used).
+        search: an open :class:`~facial_search.pipeline.FacialSearch` (its index, any store, and its embedder
+            are used).
         config: :class:`LiveConfig`.
 
     Not thread-safe. A context manager (closes its landmarker, not ``search``).
@@ -142,8 +153,16 @@ class LiveSession:
             FaceFinderOptions(model_path=self.config.model_path, max_faces=self.config.max_faces, running_mode="video")
         )
         self.tracker = Tracker(self.config.filter, max_missing=self.config.max_missing)
-        self._ids = np.asarray(search.index.ids)
-        self._titles = [e.title for e in search.index.entries()]
+        self._exact = isinstance(search.index, MemeIndex)  # the fast path: distances to every face
+        if self._exact:
+            self._ids = np.asarray(search.index.ids)
+            self._titles = [e.title for e in search.index.entries()]
+            self._n = len(self._ids)
+        else:  # hysteresis rows are slots: one per face (or picture, when grouping) seen among the candidates
+            self._n = search.index.ntotal
+            self._ids, self._titles = [], []  # of each slot: the entry id last found there, its title
+            self._slot_of: dict[object, int] = {}  # by entry id, or by source when grouping
+            self._key_of_id: dict[int, object] = {}
         self._last_ms = -1
         self.timers = {"landmarks": 0.0, "track": 0.0, "embed": 0.0, "search": 0.0}
 
@@ -168,15 +187,18 @@ class LiveSession:
             for tr in tracks
             if "matched_at" not in tr.data or frame - tr.data["matched_at"] >= self.config.embed_every
         ]
-        if due and len(self._ids):
+        if due and self._n:
             emb = self.search.pipeline.embed(rgb, [tr.face for tr in due])
             if self.config.embedding_filter is not None:
                 emb = np.stack([self._smooth_embedding(tr, e, t) for tr, e in zip(due, emb, strict=True)])
             t3 = c()
-            dist = self.search.index.distances(emb)
             face_rows = None
-            if self.config.group_by_source:  # the hysteresis then follows pictures, not faces
-                dist, face_rows = group_min(dist, self.search.index.group_layout())
+            if self._exact:
+                dist = self.search.index.distances(emb)
+                if self.config.group_by_source:  # the hysteresis then follows pictures, not faces
+                    dist, face_rows = group_min(dist, self.search.index.group_layout())
+            else:
+                dist, face_rows = self._candidates(emb)
             for i, (tr, d) in enumerate(zip(due, dist, strict=True)):
                 if tr.hysteresis is None:
                     margin, hold = self.config.hysteresis or (0.0, 1)
@@ -185,7 +207,9 @@ class LiveSession:
                 if face_rows is not None:
                     rows = face_rows[i][rows]
                 tr.data["matches"] = [
-                    ShownMatch(int(self._ids[r]), self._titles[r], float(x)) for r, x in zip(rows, dd, strict=True)
+                    ShownMatch(int(self._ids[r]), self._titles[r], float(x))
+                    for r, x in zip(rows, dd, strict=True)
+                    if np.isfinite(x)
                 ]
                 tr.data["matched_at"] = frame
             t4 = c()
@@ -194,6 +218,37 @@ class LiveSession:
         self.timers["landmarks"] += t1 - t0
         self.timers["track"] += t2 - t1
         return FrameResult(frame, t, [TrackedFace(tr.id, tr.face, tr.data.get("matches", [])) for tr in tracks])
+
+    def _candidates(self, emb: np.ndarray) -> tuple[np.ndarray, None]:
+        """A store other than :class:`MemeIndex`: ``(Q, slots)`` distances over every slot seen so far, from a
+        :meth:`~facial_search.index.base.Store.search` of the ``k +`` :data:`CANDIDATES` nearest (``inf`` for the
+        slots not among a query's candidates)."""
+        index, group = self.search.index, self.config.group_by_source
+        dist, ids = index.search(emb, min(self.config.k + CANDIDATES, max(1, self._n)), group_by_source=group)
+        found = []
+        for drow, irow in zip(dist, ids, strict=True):
+            row = []
+            for d, i in zip(drow, irow, strict=True):
+                if i < 0:
+                    continue
+                i = int(i)
+                key = self._key_of_id.get(i)
+                if key is None:
+                    entry = index.entry(i)
+                    key = self._key_of_id[i] = ("source", entry.source) if group else i
+                    if key not in self._slot_of:
+                        self._slot_of[key] = len(self._ids)
+                        self._ids.append(i)
+                        self._titles.append(entry.title)
+                slot = self._slot_of[key]
+                self._ids[slot] = i  # a picture's nearest face may change (its source, so its title, does not)
+                row.append((slot, float(d)))
+            found.append(row)
+        out = np.full((len(emb), len(self._ids)), np.inf, dtype=np.float32)
+        for q, row in enumerate(found):
+            for slot, d in row:
+                out[q, slot] = d
+        return out, None
 
     def _smooth_embedding(self, track, embedding: np.ndarray, t: float) -> np.ndarray:
         filt = track.data.get("embedding_filter")

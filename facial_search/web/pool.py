@@ -7,15 +7,18 @@ import os
 import queue
 from collections.abc import Iterator
 
+import numpy as np
+
 from facial_search.web.config import CHECKOUT_TIMEOUT
 
 
 class SearchPool:
-    """``size`` :class:`~facial_search.pipeline.FacialSearch` objects sharing one loaded index.
+    """``size`` :class:`~facial_search.pipeline.FacialSearch` objects sharing one open store.
 
     A MediaPipe landmarker (and an embedder) must not be used by two threads at once: each pipeline owns its
-    own, and :meth:`checkout` lends one to a single thread at a time. The index is loaded once and read-only
-    while serving.
+    own, and :meth:`checkout` lends one to a single thread at a time. The store (any URI:
+    :func:`facial_search.index.open`) is opened once, read-only while serving, searched from several threads,
+    and closed by :meth:`close`.
 
     Raises:
         FileNotFoundError, IndexFormatError, EmbedderMismatchError, AssetError: as
@@ -37,11 +40,14 @@ class SearchPool:
         size = max(1, int(size or default_workers()))
         first = FacialSearch.open(index_path, embedder=embedder, model_path=model_path)
         self.index = first.index
-        self.index.source_groups()  # the picture groups every search uses: found once, here, not in a request
-        self.index_path = str(index_path)
+        self.index_path = os.fspath(index_path)
         self.size = size
         self._all = [first]
         try:
+            # what every search builds once (picture groups, the exact index): here, not in a request
+            if self.index.ntotal:
+                self.index.search(np.zeros((1, self.index.embedder.dim), np.float32), 1, group_by_source=True)
+                self.index.search(np.zeros((1, self.index.embedder.dim), np.float32), 1)
             for _ in range(size - 1):
                 pipe = Pipeline(embedder=first.pipeline.embedder.name, model_path=model_path)
                 self._all.append(FacialSearch(self.index, pipe, self.index_path))
@@ -74,7 +80,7 @@ class SearchPool:
             self._free.put(fs)
 
     def close(self) -> None:
-        """Close every pipeline's landmarker (idempotent)."""
+        """Close every pipeline's landmarker, and the store (idempotent)."""
         if self._closed:
             return
         self._closed = True
