@@ -19,8 +19,6 @@ take an hour, and silently waiting would look like a hang):
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import threading
 from pathlib import Path
@@ -114,35 +112,6 @@ def held_writer(path: str | os.PathLike) -> IndexWriter | None:
     p = Path(path)
     with _GUARD:
         return _HELD.get(os.path.realpath(p.with_name(p.name + ".lock")))
-
-
-def holding_writer_lock(param: str):
-    """Decorator: hold the :class:`IndexWriter` of the index file passed as argument ``param`` for the whole call
-    (``build_index``'s ``out``: from loading the index until its last save, so a second run is refused before
-    it does any work).
-
-    Before locking it checks that a file can be written there
-    (:func:`facial_search.io.outputs.check_output_file`: no folder is created, nothing else is left on disk).
-
-    Raises:
-        OutputError: no file can be written at the path (before the function starts).
-        IndexLockedError: another process (or call) is writing that index (before the function starts).
-    """
-
-    def decorate(fn):
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            from facial_search.io.outputs import check_output_file
-
-            path = check_output_file(signature.bind(*args, **kwargs).arguments[param])
-            with IndexWriter(path):
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 def _write_pid(fd: int) -> None:
