@@ -16,6 +16,23 @@ def add_model_options(sp: argparse.ArgumentParser, embedder: bool = True) -> Non
         )
 
 
+def add_index_option(sp: argparse.ArgumentParser) -> None:
+    """``--index URI`` (required): any store :func:`facial_search.index.open` opens."""
+    sp.add_argument(
+        "--index",
+        required=True,
+        metavar="INDEX",
+        help="a file (memes.fsindex, file://...), milvus-lite://PATH.db or milvus://HOST:PORT/COLLECTION",
+    )
+
+
+def add_match_options(sp: argparse.ArgumentParser) -> None:
+    """``-k`` (matches per face) and ``--all-faces`` (the k nearest faces instead of k different memes)."""
+    sp.add_argument("-k", type=int, default=3, help="matches per face (default 3)")
+    sp.add_argument("--all-faces", action="store_true",
+                    help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip
+
+
 def check_at_least(value: float | None, option: str, minimum: float = 1) -> None:
     """Raise :class:`~facial_search.errors.OptionError` when ``value`` (not None) is below ``minimum``.
 

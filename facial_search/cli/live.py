@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from facial_search.cli._common import add_model_options
+from facial_search.cli._common import add_index_option, add_match_options, add_model_options
 
 if TYPE_CHECKING:
     from facial_search.live.run import LiveOptions
@@ -17,20 +17,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, metavar="N", help="camera number (default 0 when no --video)")
     src.add_argument("--video", metavar="FILE", help="video file instead of a camera")
-    s.add_argument(
-        "--index",
-        required=True,
-        metavar="INDEX",
-        help="a file (memes.fsindex, file://...), milvus-lite://PATH.db or milvus://HOST:PORT/COLLECTION",
-    )
+    add_index_option(s)
     s.add_argument("--output", metavar="OUT.mp4", help="write the annotated video")
     s.add_argument("--log", metavar="OUT.jsonl", help="write one JSON line per frame")
     s.add_argument("--no-window", action="store_true", help="run headless")
     s.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror the picture (default: on for a camera, off for a video)")  # fmt: skip
-    s.add_argument("-k", type=int, default=3)
-    s.add_argument("--all-faces", action="store_true",
-                   help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip
+    add_match_options(s)
     s.add_argument("--min-cutoff", type=float, default=None, help="One Euro filter min_cutoff, Hz")
     s.add_argument("--beta", type=float, default=None, help="One Euro filter beta (speed coefficient)")
     s.add_argument("--d-cutoff", type=float, default=None, help="One Euro filter d_cutoff, Hz")

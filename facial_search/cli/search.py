@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from facial_search.cli._common import add_model_options, check_at_least
+from facial_search.cli._common import add_index_option, add_match_options, add_model_options, check_at_least
 
 #: ``--out`` extensions of a page (any other is a picture: :data:`PICTURE_SUFFIXES`).
 PAGE_SUFFIXES = (".html", ".htm")
@@ -16,15 +16,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """Add the ``search`` command to ``sub`` (``ArgumentParser.add_subparsers()``)."""
     s = sub.add_parser("search", help="find the top-k memes for every face in a photo")
     s.add_argument("image", metavar="IMAGE")
-    s.add_argument(
-        "--index",
-        required=True,
-        metavar="INDEX",
-        help="a file (memes.fsindex, file://...), milvus-lite://PATH.db or milvus://HOST:PORT/COLLECTION",
-    )
-    s.add_argument("-k", type=int, default=3, help="matches per face (default 3)")
-    s.add_argument("--all-faces", action="store_true",
-                   help="the k nearest meme faces, even several of one meme (default: k different memes)")  # fmt: skip
+    add_index_option(s)
+    add_match_options(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--out", metavar="FILE", help="draw the result: .png/.jpg picture or .html page")
     add_model_options(s)

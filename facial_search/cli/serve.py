@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from facial_search.cli._common import add_model_options
+from facial_search.cli._common import add_index_option, add_model_options
 from facial_search.web.config import BODY_TIMEOUT
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the ``serve`` command to ``sub`` (``ArgumentParser.add_subparsers()``)."""
     s = sub.add_parser("serve", help="serve the phone-ready web page and API")
-    s.add_argument(
-        "--index",
-        required=True,
-        metavar="INDEX",
-        help="a file (memes.fsindex, file://...), milvus-lite://PATH.db or milvus://HOST:PORT/COLLECTION",
-    )
+    add_index_option(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000)")
     s.add_argument("--workers", type=int, metavar="N", help="pipelines in the pool (default: one per core)")
