@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/face_landmarker.task),)
 export FACIAL_SEARCH_MODELS ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: demo test lint venv browser bench clean
+.PHONY: demo test lint venv browser npm bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-demo: $(BIN)/.installed
+# the on-device page's npm packages (package.json, pinned by package-lock.json), served by our server under
+# /vendor/; `npm ci` runs again only when either file changed (node and npm are Debian packages)
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: apt-get install -y npm (the page's on-device mode needs it)" >&2; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+npm: node_modules/.installed
+
+demo: $(BIN)/.installed node_modules/.installed
 	$(BIN)/facial-search demo --out demo-out
 
 browser:
@@ -33,7 +42,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/.installed browser lint
+test: $(BIN)/.installed node_modules/.installed browser lint
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed

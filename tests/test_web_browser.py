@@ -1,8 +1,10 @@
 """The page in a real browser: Playwright driving Debian's Chromium, a fake camera fed from a real video.
 
-The server is the real app (real pipelines, a real meme index) on a loopback port; Chromium's fake camera
-plays ``WolfgangLanger_Pexels.mp4``, converted at test time to MJPEG. Screenshots go to
-``$FACIAL_SEARCH_SCREENSHOTS`` (e.g. ``/tmp/web-shots``) when set, else to the test's tmp folder.
+The page runs with the server's pipeline (``/?pipeline=server``: frames and photos are sent); on-device mode,
+the default, is tested in ``test_web_ondevice.py``. The server is the real app (real pipelines, a real meme
+index) on a loopback port; Chromium's fake camera plays ``WolfgangLanger_Pexels.mp4``, converted at test time
+to MJPEG. Screenshots go to ``$FACIAL_SEARCH_SCREENSHOTS`` (e.g. ``/tmp/web-shots``) when set, else to the
+test's tmp folder.
 """
 
 from __future__ import annotations
@@ -225,7 +227,7 @@ def test_camera_shows_three_memes_live(browser, server, shots, size):
         log = SearchLog(page)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server["url"] + "/")
+        page.goto(server["url"] + "/?pipeline=server")
         page.wait_for_selector("#results .face .match >> nth=2", timeout=TIMEOUT_MS)
         wait_images_loaded(page)
         page.wait_for_timeout(1500)  # live: a few more frames go by
@@ -259,7 +261,7 @@ def test_upload_group_photo_shows_matches_for_each_face(browser, server, shared,
     try:
         page = context.new_page()
         log = SearchLog(page)
-        page.goto(server["url"] + "/")
+        page.goto(server["url"] + "/?pipeline=server")
         page.wait_for_function("() => document.body.dataset.camera === 'on'", timeout=TIMEOUT_MS)
         page.set_input_files("#file", str(shared / "data" / "faces" / "multi_face.jpg"))
         page.wait_for_function(
@@ -289,7 +291,7 @@ def test_dropped_photo_without_a_face_says_so(browser, server, shared, shots):
     context = browser.new_context(**PHONE)
     try:
         page = context.new_page()
-        page.goto(server["url"] + "/")
+        page.goto(server["url"] + "/?pipeline=server")
         data = base64.b64encode((shared / "data" / "faces" / "free-mountain-vector-01.jpg").read_bytes()).decode()
         page.evaluate(
             """b64 => {
@@ -314,7 +316,7 @@ def test_refused_camera_is_said_plainly(playwright, fake_camera, server, shots):
     b = launch(playwright, fake_camera, grant=False)
     try:
         page = b.new_context(**PHONE).new_page()
-        page.goto(server["url"] + "/")
+        page.goto(server["url"] + "/?pipeline=server")
         page.wait_for_function("() => document.body.dataset.camera === 'refused'", timeout=TIMEOUT_MS)
         text = page.inner_text("#status")
         assert "Camera refused" in text and "pick a photo" in text
@@ -329,7 +331,7 @@ def test_camera_without_a_face_says_so(playwright, shared, server, shots, tmp_pa
     try:
         page = b.new_context(**DESKTOP).new_page()
         log = SearchLog(page)
-        page.goto(server["url"] + "/")
+        page.goto(server["url"] + "/?pipeline=server")
         page.wait_for_function(
             "() => document.querySelector('#status').textContent.includes('No face seen')", timeout=TIMEOUT_MS
         )

@@ -8,11 +8,21 @@ loopback by default. :func:`create_app` builds it: the routes are one ``APIRoute
 
 Routes (every GET route answers HEAD too):
 
-- ``GET /``: the page (``static/``: plain HTML, CSS and JS, no build step). The camera's frames, downscaled
-  to about 320 px JPEG, go to ``POST /api/search`` several times a second, one request in flight at most.
+- ``GET /``: the page (``static/``: plain HTML, CSS and JS, no build step). On-device mode (the default where
+  WebAssembly and the models load: ``static/ondevice.js``) finds and embeds the faces in the browser and sends
+  only their embeddings to ``POST /api/search/vectors``; otherwise the camera's frames, downscaled to about
+  320 px JPEG, go to ``POST /api/search`` several times a second, one request in flight at most.
 - ``POST /api/search`` (multipart field ``image``; query ``k``, 1-10, default 3, and ``all_faces``, default
   false: k different memes): the ``facial-search search --json`` document (face boxes in the upload's
   pixels). A photo with no face is not an error here: 200 with ``"faces": []``.
+- ``POST /api/search/vectors`` (JSON ``{"vectors": [[64 floats], ...], "k": 3, "embedder": "expression v3+..."}``):
+  the same document for faces found and embedded in the browser (on-device mode): no picture is sent. 409 an
+  embedder that is not the index's; 422 a vector of another dimension, NaN or infinite, not unit-norm (norm
+  within 1e-3 of 1), more than 16 vectors, a bad ``k``.
+- ``GET /api/ondevice``: whether the page can run the pipeline in the browser, and the embedder and URLs it
+  needs; ``GET /models/face_landmarker.task``, ``GET /models/expression.onnx``: the two models;
+  ``GET /vendor/...``: the npm packages' files (``@mediapipe/tasks-vision``, ``onnxruntime-web``; see
+  :mod:`facial_search.web.ondevice`), never a CDN.
 - ``GET /api/memes/{id}/image``: the image of an indexed meme face, by its id only (404 unknown id, 422 not
   an int): only files recorded in the index are ever served.
 - ``GET /healthz``; ``GET /docs`` (Swagger UI, its files served by us from the ``swagger-ui-bundle``
@@ -25,6 +35,7 @@ Status codes follow from the error's type (:data:`ERROR_STATUS`), never its mess
   (:class:`~facial_search.errors.ImageTooLargeError`): a JPEG up to 64 Mpx is decoded at 1/2..1/8 scale
   instead, any other format is refused from its header;
 - 415 not ``multipart/form-data``, or no image format (:class:`~facial_search.errors.NotAnImageError`);
+- 409 vectors from another embedder than the index's (:class:`~facial_search.errors.EmbedderMismatchError`);
 - 422 an empty, truncated or corrupt image (:class:`~facial_search.errors.ImageDecodeError`), a missing
   ``image`` file, a malformed form, a bad query parameter;
 - 408 a body not in within ``body_timeout`` (15 s) of the request's start (the connection is closed);
@@ -32,7 +43,8 @@ Status codes follow from the error's type (:data:`ERROR_STATUS`), never its mess
 
 Every error is ``{"detail": "<one line>"}``. Every answer has ``X-Content-Type-Options: nosniff``,
 ``Referrer-Policy: no-referrer`` and a Content-Security-Policy (the page's and the docs' allow only our own
-files); answers of ``POST /api/search``, errors included, are ``Cache-Control: no-store``.
+files, and ``'wasm-unsafe-eval'`` for the page's WebAssembly); answers of ``POST /api/search`` and
+``POST /api/search/vectors``, errors included, are ``Cache-Control: no-store``.
 
 Memory: a body is at most 10 MB; an upload is decoded inside a pipeline's checkout, so at most ``workers``
 decoded images (each at most 16 Mpx, 48 MB as RGB) exist at once. Neither frames nor uploads are stored: the
@@ -58,6 +70,7 @@ from fastapi.staticfiles import StaticFiles
 
 from facial_search import __version__
 from facial_search.errors import (
+    EmbedderMismatchError,
     FacialSearchError,
     ImageDecodeError,
     ImageError,
@@ -69,7 +82,7 @@ from facial_search.errors import (
 from facial_search.web.config import ENVELOPE_BYTES, ServeConfig
 from facial_search.web.middleware import BodyGuard, HeadAsGet, SecurityHeaders, docs_csp, security_headers
 from facial_search.web.pool import SearchPool
-from facial_search.web.routes import STATIC_DIR, router
+from facial_search.web.routes import STATIC_DIR, add_vendor_routes, router
 
 #: HTTP status of each error class a request can raise (the nearest class in the error's MRO wins).
 ERROR_STATUS: dict[type[Exception], int] = {
@@ -79,6 +92,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ImageError: 422,
     NoFaceError: 422,
     OptionError: 422,
+    EmbedderMismatchError: 409,
 }
 
 #: Swagger UI's files, from the ``swagger-ui-bundle`` package: the only ones ``/docs-assets/`` serves.
@@ -135,8 +149,9 @@ def create_app(config: ServeConfig | str | os.PathLike | None = None, *, pool: S
         title="facial-search",
         version=__version__,
         description=(
-            "Find the memes whose facial expression matches yours. The page at `/` sends camera frames or a "
-            "photo to `POST /api/search`; meme images come from `GET /api/memes/{id}/image`. Errors are "
+            "Find the memes whose facial expression matches yours. The page at `/` finds and embeds faces in the "
+            "browser and sends the embeddings to `POST /api/search/vectors` (or, where it cannot, camera frames "
+            "and photos to `POST /api/search`); meme images come from `GET /api/memes/{id}/image`. Errors are "
             '`{"detail": "<one line>"}`.'
         ),
         lifespan=lifespan,
@@ -147,6 +162,7 @@ def create_app(config: ServeConfig | str | os.PathLike | None = None, *, pool: S
     app.openapi_version = "3.0.3"
     app.state.config = config
     app.include_router(router)
+    add_vendor_routes(app)  # the npm packages' files the on-device page loads, where installed
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     docs_html = get_swagger_ui_html(
@@ -180,10 +196,12 @@ def create_app(config: ServeConfig | str | os.PathLike | None = None, *, pool: S
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         lines = []
-        for e in exc.errors():
+        errors = exc.errors()
+        for e in errors[:3]:  # one line: a vector of 64 NaNs is 64 errors
             where = " ".join(str(p) for p in e.get("loc", ()))
             lines.append(f"{where}: {e.get('msg', 'invalid')}")
-        return JSONResponse({"detail": "; ".join(lines) or "invalid request"}, status_code=422)
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return JSONResponse({"detail": ("; ".join(lines) or "invalid request") + more}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

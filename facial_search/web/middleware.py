@@ -18,16 +18,17 @@ import anyio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-#: ``Content-Security-Policy`` of the page (``/`` and ``/static/``): only our own files, the camera's stream.
+#: ``Content-Security-Policy`` of the page (``/`` and ``/static/``): only our own files, the camera's stream, and
+#: compiling our WebAssembly (MediaPipe's and ONNX Runtime's, for on-device mode: ``'wasm-unsafe-eval'``).
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self'; "
-    "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
+    "style-src 'self'; script-src 'self' 'wasm-unsafe-eval'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
 )
 #: ``Content-Security-Policy`` of everything else (JSON, images): nothing may run or be loaded.
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 #: Paths whose answers are about a person's face: never cached (``Cache-Control: no-store``).
-PRIVATE_PATHS = frozenset({"/api/search"})
+PRIVATE_PATHS = frozenset({"/api/search", "/api/search/vectors"})
 
 
 def docs_csp(script_hashes: str) -> str:

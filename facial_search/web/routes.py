@@ -6,15 +6,26 @@ import mimetypes
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from facial_search.errors import EmbedderMismatchError
+from facial_search.web import ondevice
 from facial_search.web.config import MAX_K, ServeConfig
 from facial_search.web.pool import SearchPool
-from facial_search.web.schemas import ErrorDetail, Health, SearchDocument
+from facial_search.web.schemas import (
+    MAX_VECTORS,
+    NORM_TOLERANCE,
+    ErrorDetail,
+    Health,
+    OnDeviceInfo,
+    SearchDocument,
+    VectorQuery,
+)
 from facial_search.web.uploads import read_image_field, safe_name, search_upload
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -32,8 +43,19 @@ def get_config(request: Request) -> ServeConfig:
     return request.app.state.config
 
 
+def get_assets(request: Request) -> ondevice.OnDeviceAssets:
+    """What the app can serve for on-device mode (:func:`facial_search.web.ondevice.find_assets`), found on the
+    first request that asks and kept for the app's life."""
+    state = request.app.state
+    assets = getattr(state, "ondevice", None)
+    if assets is None:
+        assets = state.ondevice = ondevice.find_assets(request.state.pool.index.embedder, state.config.model_path)
+    return assets
+
+
 Pool = Annotated[SearchPool, Depends(get_pool)]
 Config = Annotated[ServeConfig, Depends(get_config)]
+Assets = Annotated[ondevice.OnDeviceAssets, Depends(get_assets)]
 
 
 class SearchForm(BaseModel):
@@ -86,6 +108,152 @@ async def api_search(
         )
     except TimeoutError:
         raise HTTPException(503, "server busy, try again") from None
+
+
+def check_embedder_label(label: str, index_embedder) -> None:
+    """Refuse vectors another embedder made than the index's (``label``: ``"<name> v<version>"``, optionally
+    followed by ``" (<dim>-d)"``, the form of ``/healthz``).
+
+    Raises:
+        EmbedderMismatchError: another name, version or dimension (409).
+    """
+    ours = ondevice.embedder_label(index_embedder)
+    if label.strip() not in (ours, str(index_embedder)):
+        raise EmbedderMismatchError(
+            f"vectors from embedder {label!r}, but the index was built with {ours!r}: embed with that model "
+            "(GET /api/ondevice names it and /models/expression.onnx serves it), or send the photo to /api/search"
+        )
+
+
+def search_vectors(pool: SearchPool, query: VectorQuery) -> dict:
+    """The search document of client-made embeddings (run in a worker thread); see :func:`api_search_vectors`.
+
+    Raises:
+        HTTPException: 422 a vector of another dimension than the index's, or not unit-norm; ``boxes`` of
+            another count than ``vectors``.
+    """
+    from facial_search.pipeline import FaceMatches, Match, SearchResult
+    from facial_search.vision.faces import Face
+
+    index = pool.index
+    dim = int(index.embedder.dim)
+    for i, v in enumerate(query.vectors):
+        if len(v) != dim:
+            raise HTTPException(422, f"vectors {i}: {len(v)} numbers; the index's embeddings have {dim}")
+    q = np.asarray(query.vectors, dtype=np.float64)
+    norms = np.linalg.norm(q, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if bad.size:
+        i = int(bad[0])
+        raise HTTPException(422, f"vectors {i}: L2 norm {norms[i]:.6g}, not unit-norm (within {NORM_TOLERANCE:g} of 1)")
+    if query.boxes is not None and len(query.boxes) != len(query.vectors):
+        raise HTTPException(422, f"boxes: {len(query.boxes)} boxes for {len(query.vectors)} vectors")
+    q = (q / norms[:, None]).astype(np.float32)
+    dist, ids = index.search(q, query.k, group_by_source=not query.all_faces)
+    faces = []
+    for f, (drow, irow) in enumerate(zip(dist, ids, strict=True)):
+        box = tuple(query.boxes[f]) if query.boxes is not None else (0, 0, 0, 0)
+        matches = []
+        for rank, (d, i) in enumerate(zip(drow, irow, strict=True), start=1):
+            if i < 0:
+                break
+            en = index.entry(int(i))
+            matches.append(Match(rank, en.id, en.source, en.face, en.title, float(d), en.box))
+        faces.append(FaceMatches(Face(box, None, None, None, (0, 0)), matches, q[f]))
+    return SearchResult(query.image, faces).to_json()
+
+
+@router.post(
+    "/api/search/vectors",
+    response_model=SearchDocument,
+    summary="Top-k memes for embeddings made on the client",
+    description=(
+        "The document of `POST /api/search` for faces the client found and embedded itself (the page's on-device "
+        "mode: MediaPipe and the expression model in the browser), so that no picture leaves it. Each vector must "
+        "come from the index's embedder (`GET /api/ondevice`: `embedder`, `model_url`), have the index's dimension "
+        f"(64), be finite and unit-norm (L2 norm within {NORM_TOLERANCE:g} of 1); at most {MAX_VECTORS} a request. "
+        "`box` is what `boxes` sent, else `[0, 0, 0, 0]`. Sent `Cache-Control: no-store`."
+    ),
+    responses={
+        400: _err("a body that is not UTF-8 text"),
+        409: _err("the vectors' embedder is not the index's (another model, version or dimension)"),
+        422: _err(
+            f"a vector of another dimension, NaN or infinite, not unit-norm; no vector or more than {MAX_VECTORS}; "
+            "a bad `k` (1-10) or `boxes`; unknown fields; a body that is no JSON object"
+        ),
+    },
+)
+async def api_search_vectors(pool: Pool, query: VectorQuery) -> JSONResponse:
+    check_embedder_label(query.embedder, pool.index.embedder)
+    # the document is built by SearchResult.to_json, as the CLI's: sent as it is, not validated a second time
+    return JSONResponse(await run_in_threadpool(search_vectors, pool, query))
+
+
+@router.get(
+    "/api/ondevice", summary="What the page needs to run the pipeline in the browser", response_model=OnDeviceInfo
+)
+def api_ondevice(assets: Assets) -> OnDeviceInfo:
+    return OnDeviceInfo(
+        available=assets.available,
+        reason=assets.reason,
+        embedder=assets.embedder,
+        dim=assets.dim,
+        input_size=48,
+        landmarker_url=LANDMARKER_URL,
+        model_url=EXPRESSION_URL,
+        vendor_url=ondevice.VENDOR_URL,
+        versions=assets.versions,
+        max_vectors=MAX_VECTORS,
+        max_k=MAX_K,
+        norm_tolerance=NORM_TOLERANCE,
+    )
+
+
+#: Where the page loads the two models from.
+LANDMARKER_URL = "/models/face_landmarker.task"
+EXPRESSION_URL = "/models/expression.onnx"
+MODEL_RESPONSES = {200: {"content": {"application/octet-stream": {}}}, 404: _err("not served by this server")}
+
+
+@router.get(
+    LANDMARKER_URL, summary="MediaPipe FaceLandmarker model", response_class=FileResponse, responses=MODEL_RESPONSES
+)
+def landmarker_model(assets: Assets):
+    if assets.landmarker is None:
+        raise HTTPException(404, "no landmarker model on this server")
+    return FileResponse(assets.landmarker, media_type="application/octet-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    EXPRESSION_URL,
+    summary="The expression model of the index's embedder (ONNX)",
+    response_class=FileResponse,
+    responses=MODEL_RESPONSES,
+)
+def expression_model(assets: Assets):
+    if assets.expression is None:
+        raise HTTPException(404, f"no expression model for this index ({assets.reason})")
+    return FileResponse(assets.expression, media_type="application/octet-stream", headers={"Cache-Control": "no-cache"})
+
+
+def add_vendor_routes(app) -> int:
+    """``GET /vendor/<name>`` for each installed file of :data:`facial_search.web.ondevice.VENDOR_FILES` (one
+    route a file, no path parameter: nothing else under ``node_modules`` can be asked for); returns how many."""
+    added = 0
+    for name in ondevice.VENDOR_FILES:
+        found = ondevice.vendor_file(name)
+        if found is None:
+            continue
+        app.add_api_route(ondevice.VENDOR_URL + name, _file_route(*found), methods=["GET"], include_in_schema=False)
+        added += 1
+    return added
+
+
+def _file_route(path: Path, media_type: str):
+    def serve() -> FileResponse:
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})  # ETag revalidates
+
+    return serve
 
 
 @router.get(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from facial_search.web.config import MAX_K
 
 
 class MatchOut(BaseModel):
@@ -67,3 +69,64 @@ class ErrorDetail(BaseModel):
     """Every error answer: one line saying what was wrong."""
 
     detail: str = Field(json_schema_extra={"example": "photo.jpg: not an image (unrecognised format)"})
+
+
+#: Most vectors (faces) one ``POST /api/search/vectors`` may carry (the page sends at most 8 a frame).
+MAX_VECTORS = 16
+#: Most components of a vector the parser accepts (the index's dimension is then checked: 64).
+MAX_DIM = 1024
+#: A vector counts as unit-norm when its L2 norm is within this of 1 (float32 rounding in a browser is ~1e-7).
+NORM_TOLERANCE = 1e-3
+
+#: A finite number (JSON has no NaN or infinity; Python's parser reads ``NaN`` and ``1e999``: both refused).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+VECTORS_EXAMPLE = {"vectors": [[0.125] * 64], "k": 3, "embedder": "expression v3+0123456789ab", "all_faces": False}
+
+
+class VectorQuery(BaseModel):
+    """The JSON body of ``POST /api/search/vectors``: embeddings made on the client (the page's on-device mode)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": VECTORS_EXAMPLE})
+
+    vectors: list[Annotated[list[Finite], Field(min_length=1, max_length=MAX_DIM)]] = Field(
+        min_length=1,
+        max_length=MAX_VECTORS,
+        description=(
+            f"one embedding per face, 1 to {MAX_VECTORS}: each the index's dimension (64), finite, unit-norm "
+            f"(L2 norm within {NORM_TOLERANCE:g} of 1; renormalised before the search)"
+        ),
+    )
+    k: int = Field(3, ge=1, le=MAX_K, description="matches per face")
+    embedder: str = Field(
+        max_length=200,
+        description=(
+            'the embedder that made the vectors, as `/api/ondevice` names the index\'s: `"<name> v<version>"` '
+            '(e.g. `"expression v3+1a2b3c4d5e6f"`; the `" (64-d)"` of `/healthz` may follow); another than '
+            "the index's gets 409"
+        ),
+    )
+    all_faces: bool = Field(False, description="the k nearest meme faces, even several of one meme")
+    boxes: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)]] | None = Field(
+        None, description="each face's [x, y, w, h] in the client's pixels, echoed in the answer (else [0, 0, 0, 0])"
+    )
+    image: str = Field("<vectors>", max_length=200, description="a name for the answer's `image` field")
+
+
+class OnDeviceInfo(BaseModel):
+    """What ``GET /api/ondevice`` says: whether the page can run the pipeline in the browser, and with what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    available: bool = Field(description="the models and the browser packages are all served")
+    reason: str | None = Field(description="why not, when `available` is false")
+    embedder: str = Field(description="the index's embedder, as `POST /api/search/vectors` takes it")
+    dim: int = Field(ge=1, description="dimension of the index's embeddings")
+    input_size: int = Field(ge=1, description="side of the aligned grey face the model takes, pixels (48)")
+    landmarker_url: str = Field(description="MediaPipe FaceLandmarker model (`face_landmarker.task`)")
+    model_url: str = Field(description="the expression model (ONNX)")
+    vendor_url: str = Field(description="where the npm packages' files are served")
+    versions: dict[str, str] = Field(description="versions of the npm packages served")
+    max_vectors: int = Field(ge=1, description="most vectors a `POST /api/search/vectors` may carry")
+    max_k: int = Field(ge=1, description="largest k")
+    norm_tolerance: float = Field(gt=0, description="how far from 1 a vector's L2 norm may be")

@@ -1,5 +1,7 @@
-// facial-search web page: camera frames or a photo -> POST /api/search -> the memes, large.
-// Plain JS, no build step. One request in flight at most; a few frames a second.
+// facial-search web page: camera frames or a photo -> the memes, large. Plain JS, no build step.
+// On-device mode (the default, where WebAssembly and the models load: ondevice.js) finds and embeds every face
+// in the browser at camera rate and sends only the embeddings to POST /api/search/vectors. Otherwise (the page
+// says why) frames and photos go to POST /api/search, a few frames a second. One request in flight at most.
 "use strict";
 
 (() => {
@@ -17,6 +19,7 @@
   const overlay = $("overlay");
   const frame = $("frame");
   const statusEl = $("status");
+  const modeEl = $("mode");
   const results = $("results");
   const cameraBtn = $("camera-btn");
   const fileInput = $("file");
@@ -28,6 +31,56 @@
   let noFaceStreak = 0;
   let photoURL = null;
   let cameraRequest = 0; // a photo picked while the camera is starting wins: the late stream is dropped
+  let device = null; // the on-device pipeline (ondevice.js), or null: pictures go to the server
+
+  // ---- on-device mode, else the server's pipeline -------------------------------------------------------------
+  const api = (window.facialSearch = { pipeline: "starting", reason: null, backend: null, fps: 0, frames: 0 });
+
+  function useServer(reason) {
+    device = null;
+    api.pipeline = "server";
+    api.reason = reason;
+    document.body.dataset.pipeline = "server";
+    modeEl.textContent =
+      "On-device mode is off: " + reason + ". Frames and photos are sent to the server, searched and forgotten.";
+    modeEl.className = "mode warn";
+  }
+
+  async function startPipeline() {
+    if (new URLSearchParams(location.search).get("pipeline") === "server") {
+      return useServer("the page's address asks for the server's pipeline (?pipeline=server)");
+    }
+    if (typeof WebAssembly !== "object") return useServer("this browser has no WebAssembly");
+    let info;
+    try {
+      const resp = await fetch("/api/ondevice");
+      info = await resp.json();
+      if (!resp.ok) throw new Error(info.detail || resp.statusText);
+    } catch (err) {
+      return useServer("the server did not say what it offers (" + (err.message || err) + ")");
+    }
+    if (!info.available) return useServer(info.reason);
+    try {
+      const mod = await import("/static/ondevice.js");
+      device = await mod.createOnDevice(info);
+    } catch (err) {
+      return useServer("the in-browser models did not load (" + ((err && err.message) || err) + ")");
+    }
+    api.pipeline = "device";
+    api.backend = device.backend;
+    api.embedder = info.embedder;
+    api.embedImage = (source, opts) => device.embedImage(source, opts);
+    api.embedFrame = (image, timestampMs) => device.embedFrame(image, timestampMs);
+    document.body.dataset.pipeline = "device";
+    modeEl.textContent =
+      "On-device: faces are found and embedded in this browser (" +
+      (device.backend === "webgpu" ? "WebGPU" : "WebAssembly") +
+      "); only their embeddings are sent, never a picture.";
+    modeEl.className = "mode ok";
+  }
+
+  const pipelineReady = startPipeline();
+  api.ready = pipelineReady.then(() => api.pipeline);
 
   // the frame takes the picture's shape (portrait on a phone held upright), within the CSS max-height
   function fitFrame(w, h) {
@@ -100,9 +153,13 @@
     }
     if (request !== cameraRequest) return;
     cameraBtn.textContent = "Stop camera";
-    setStatus("Looking for a face…");
+    setStatus(api.pipeline === "starting" ? "Loading the face models…" : "Looking for a face…");
     noFaceStreak = 0;
-    runLoop(++loopToken);
+    const token = ++loopToken;
+    await pipelineReady;
+    if (token !== loopToken || mode !== "camera") return;
+    if (device) deviceLoop(token);
+    else runLoop(token);
   }
 
   video.addEventListener("loadedmetadata", () => fitFrame(video.videoWidth, video.videoHeight));
@@ -143,6 +200,58 @@
     }
   }
 
+  // On-device: every video frame -> landmarks -> embeddings here; the latest embeddings are searched, one
+  // request in flight at most. Boxes are the frame's pixels (sent along, echoed in the answer).
+  function nextFrame() {
+    return new Promise((resolve) => {
+      if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(() => resolve());
+      else requestAnimationFrame(() => resolve());
+    });
+  }
+
+  async function deviceLoop(token) {
+    let inFlight = false;
+    let t0 = performance.now();
+    let counted = 0;
+    while (token === loopToken && mode === "camera" && device) {
+      await nextFrame();
+      if (token !== loopToken || mode !== "camera" || !device) break;
+      if (document.hidden || video.readyState < 2 || !video.videoWidth) continue;
+      grab.width = video.videoWidth;
+      grab.height = video.videoHeight;
+      const ctx = grab.getContext("2d", { willReadFrequently: true });
+      ctx.drawImage(video, 0, 0, grab.width, grab.height);
+      const image = ctx.getImageData(0, 0, grab.width, grab.height);
+      let result;
+      try {
+        result = await device.embedFrame(image, performance.now());
+      } catch (err) {
+        useServer("the in-browser pipeline failed (" + ((err && err.message) || err) + ")");
+        if (token === loopToken && mode === "camera") runLoop(token);
+        return;
+      }
+      api.frames++;
+      counted++;
+      const now = performance.now();
+      if (now - t0 >= 1000) {
+        api.fps = (counted * 1000) / (now - t0);
+        t0 = now;
+        counted = 0;
+      }
+      if (!result.faces.length) {
+        show({ image: "camera", faces: [] }, image.width, image.height);
+        continue;
+      }
+      if (inFlight) continue;
+      inFlight = true;
+      const boxes = result.faces.map((f) => f.box);
+      searchVectors(result.embeddings, boxes, "camera").then((doc) => {
+        inFlight = false;
+        if (doc && token === loopToken && mode === "camera") show(doc, image.width, image.height);
+      });
+    }
+  }
+
   // ---- photo --------------------------------------------------------------------------------------------
   function clearPhoto() {
     if (photoURL) URL.revokeObjectURL(photoURL);
@@ -174,6 +283,23 @@
       /* the browser cannot show it: the server still decides (e.g. TIFF) */
     }
     fitFrame(photo.naturalWidth, photo.naturalHeight);
+    await pipelineReady;
+    if (mode !== "photo" || photo.src !== photoURL) return;
+    if (device) {
+      let result = null;
+      try {
+        result = await device.embedImage(file);
+      } catch (_) {
+        result = null; // a format this browser cannot decode: the server decides
+      }
+      if (result) {
+        const doc = result.faces.length
+          ? await searchVectors(result.embeddings, result.faces.map((f) => f.box), file.name || "photo.jpg")
+          : { image: file.name || "photo.jpg", faces: [] };
+        if (doc && mode === "photo" && photo.src === photoURL) show(doc, result.width, result.height);
+        return;
+      }
+    }
     let body = file;
     let w = photo.naturalWidth;
     let h = photo.naturalHeight;
@@ -191,6 +317,22 @@
   }
 
   // ---- API ----------------------------------------------------------------------------------------------
+  async function searchVectors(vectors, boxes, name) {
+    let resp;
+    try {
+      resp = await fetch("/api/search/vectors", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ vectors, boxes, k: K, embedder: api.embedder, image: name }),
+      });
+    } catch (_) {
+      setStatus("Cannot reach the server. Is facial-search serve still running?", "warn");
+      await sleep(1000);
+      return null;
+    }
+    return answer(resp);
+  }
+
   async function search(blob, name) {
     const form = new FormData();
     form.append("image", blob, name);
@@ -202,6 +344,10 @@
       await sleep(1000);
       return null;
     }
+    return answer(resp);
+  }
+
+  async function answer(resp) {
     if (!resp.ok) {
       let detail = resp.statusText;
       try {
@@ -332,7 +478,7 @@
         setStatus("No face seen. Face the camera in good light.", "warn");
         // keep the last memes (dimmed) for a moment: a missed frame should not blank the page
         results.classList.add("stale");
-        if (noFaceStreak >= 3) results.replaceChildren();
+        if (noFaceStreak >= (device ? 15 : 3)) results.replaceChildren(); // about half a second either way
       } else {
         setStatus("No face seen in this photo. Try another one, or the camera.", "warn");
         results.replaceChildren();
@@ -345,8 +491,9 @@
     document.body.dataset.faces = String(faces.length);
     renderMatches(faces);
     const n = faces.length;
+    const rate = mode === "camera" && device && api.fps ? " (" + Math.round(api.fps) + " frames/s on this device)" : "";
     setStatus(
-      (n === 1 ? "1 face" : n + " faces") + (mode === "camera" ? " seen, live" : " found in the photo"),
+      (n === 1 ? "1 face" : n + " faces") + (mode === "camera" ? " seen, live" + rate : " found in the photo"),
       "ok",
     );
   }
