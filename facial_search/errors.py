@@ -156,3 +156,8 @@ class LiveError(FacialSearchError):
 
 class ServeError(FacialSearchError):
     """The web server cannot start: the port is in use or not allowed, a certificate or key is missing or bad."""
+
+
+class IndexExportError(FacialSearchError):
+    """An index the web app cannot hand to the page's private mode: a backend that gives out no embeddings, or
+    more faces than a phone should hold (web: 501)."""

@@ -101,3 +101,71 @@ needs_shared = pytest.mark.skipif(
     not have_shared() and os.environ.get(REQUIRE_SHARED) != "1",
     reason=f"needs the project's data folder (looked in {SHARED}; set FACIAL_SEARCH_SHARED)",
 )
+
+
+def write_mjpeg(video: str | os.PathLike, out: str | os.PathLike, quality: int = 85) -> Path:
+    """``video``'s frames as concatenated JPEGs at ``out`` (MJPEG: what Chromium's fake camera,
+    ``--use-file-for-fake-video-capture``, plays in a loop); returns ``out``."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    with open(out, "wb") as f:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            f.write(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
+    cap.release()
+    return Path(out)
+
+
+class LiveServer:
+    """The web app on 127.0.0.1 served by uvicorn in a thread, over a :class:`~facial_search.web.SearchPool` the
+    caller owns. :meth:`stop` shuts it down (a browser then finds nothing listening); :meth:`start` serves again
+    on the same port, so the page's origin (its service worker, its caches) is the same after a restart."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.port = 0
+        self._server = None
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        import time
+
+        import uvicorn
+
+        from facial_search.web import create_app
+
+        if self._server is not None:
+            return self
+        config = uvicorn.Config(
+            create_app(pool=self.pool),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=5,  # a browser's open requests do not hold the shutdown up
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert time.monotonic() < deadline and self._thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down (open connections closed) and wait for it; idempotent."""
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "uvicorn did not stop"
+        self._server = self._thread = None

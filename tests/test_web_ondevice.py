@@ -409,7 +409,8 @@ def test_alignment_matches_python(browser, server, shared):
 
 # ---- fallback -----------------------------------------------------------------------------------------------
 def test_when_the_browser_files_fail_the_page_says_so_and_sends_pictures(browser, server, shots):
-    context = browser.new_context(**PHONE)
+    # no service worker: its fetches would not pass through the route (and would find the files)
+    context = browser.new_context(**PHONE, service_workers="block")
     context.route("**/vendor/**", lambda route: route.abort())
     page = context.new_page()
     log = Requests(page)

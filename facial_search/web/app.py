@@ -24,7 +24,12 @@ Routes (every GET route answers HEAD too):
   ``GET /vendor/...``: the npm packages' files (``@mediapipe/tasks-vision``, ``onnxruntime-web``; see
   :mod:`facial_search.web.ondevice`), never a CDN.
 - ``GET /api/memes/{id}/image``: the image of an indexed meme face, by its id only (404 unknown id, 422 not
-  an int): only files recorded in the index are ever served.
+  an int): only files recorded in the index are ever served; ``GET /api/memes/{id}/thumb``: a JPEG of it, at
+  most 256 px (:func:`facial_search.web.export.thumbnail`, made once, kept).
+- ``GET /api/index/export``: the whole index for the page's private mode, which then searches on the device
+  (:mod:`facial_search.web.export`); 501 for a backend that gives out no embeddings.
+- ``GET /manifest.webmanifest``, ``GET /icons/...``, ``GET /sw.js``: the installable web app and its service
+  worker, which keeps the page, the models and (private mode) the index for offline use (:mod:`facial_search.web.pwa`).
 - ``GET /healthz``; ``GET /docs`` (Swagger UI, its files served by us from the ``swagger-ui-bundle``
   package under ``/docs-assets/``: it works offline); ``GET /openapi.json``.
 
@@ -36,6 +41,7 @@ Status codes follow from the error's type (:data:`ERROR_STATUS`), never its mess
   instead, any other format is refused from its header;
 - 415 not ``multipart/form-data``, or no image format (:class:`~facial_search.errors.NotAnImageError`);
 - 409 vectors from another embedder than the index's (:class:`~facial_search.errors.EmbedderMismatchError`);
+- 501 an index that cannot be exported for private mode (:class:`~facial_search.errors.IndexExportError`);
 - 422 an empty, truncated or corrupt image (:class:`~facial_search.errors.ImageDecodeError`), a missing
   ``image`` file, a malformed form, a bad query parameter;
 - 408 a body not in within ``body_timeout`` (15 s) of the request's start (the connection is closed);
@@ -75,10 +81,12 @@ from facial_search.errors import (
     ImageDecodeError,
     ImageError,
     ImageTooLargeError,
+    IndexExportError,
     NoFaceError,
     NotAnImageError,
     OptionError,
 )
+from facial_search.web import pwa
 from facial_search.web.config import ENVELOPE_BYTES, ServeConfig
 from facial_search.web.middleware import BodyGuard, HeadAsGet, SecurityHeaders, docs_csp, security_headers
 from facial_search.web.pool import SearchPool
@@ -93,6 +101,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NoFaceError: 422,
     OptionError: 422,
     EmbedderMismatchError: 409,
+    IndexExportError: 501,
 }
 
 #: Swagger UI's files, from the ``swagger-ui-bundle`` package: the only ones ``/docs-assets/`` serves.
@@ -162,6 +171,7 @@ def create_app(config: ServeConfig | str | os.PathLike | None = None, *, pool: S
     app.openapi_version = "3.0.3"
     app.state.config = config
     app.include_router(router)
+    app.include_router(pwa.router)  # the manifest, the icons, the service worker
     add_vendor_routes(app)  # the npm packages' files the on-device page loads, where installed
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -191,7 +201,7 @@ def create_app(config: ServeConfig | str | os.PathLike | None = None, *, pool: S
     @app.exception_handler(FacialSearchError)
     async def facial_search_error(request: Request, exc: FacialSearchError) -> JSONResponse:
         status = status_for(exc)
-        return JSONResponse({"detail": str(exc) if status < 500 else "internal error"}, status_code=status)
+        return JSONResponse({"detail": str(exc) if status != 500 else "internal error"}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

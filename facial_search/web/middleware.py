@@ -25,6 +25,9 @@ PAGE_CSP = (
     "style-src 'self'; script-src 'self' 'wasm-unsafe-eval'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
+#: Paths served under :data:`PAGE_CSP` besides ``/static/``: the page, and its service worker (whose fetches the
+#: policy of its own script governs: ``connect-src 'self'``).
+PAGE_PATHS = frozenset({"/", "/sw.js"})
 #: ``Content-Security-Policy`` of everything else (JSON, images): nothing may run or be loaded.
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 #: Paths whose answers are about a person's face: never cached (``Cache-Control: no-store``).
@@ -49,7 +52,7 @@ def security_headers(path: str, docs_policy: str = DEFAULT_CSP) -> dict[str, str
         "X-Frame-Options": "DENY",
         "Cross-Origin-Opener-Policy": "same-origin",
     }
-    if path == "/" or path.startswith("/static/"):
+    if path in PAGE_PATHS or path.startswith("/static/"):
         h["Content-Security-Policy"] = PAGE_CSP
         h["Permissions-Policy"] = "camera=(self), microphone=(), geolocation=()"
     elif path == "/docs":

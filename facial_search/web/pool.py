@@ -37,6 +37,7 @@ class SearchPool:
         from facial_search.pipeline import FacialSearch, Pipeline
 
         self._closed = False
+        self._fields: dict[int, tuple[str, int, str]] = {}  # match_fields, by id
         size = max(1, int(size or default_workers()))
         first = FacialSearch.open(index_path, embedder=embedder, model_path=model_path)
         self.index = first.index
@@ -57,6 +58,21 @@ class SearchPool:
         self._free: queue.Queue = queue.Queue()
         for fs in self._all:
             self._free.put(fs)
+
+    def match_fields(self, id: int) -> tuple[str, int, str]:
+        """``(source, face, title)`` of face ``id`` as the search document shows them (a name's undecodable bytes
+        as U+FFFD), read from the store on first use and kept: a served store only grows (ids are never reused).
+
+        Raises:
+            KeyError: no face with this id.
+        """
+        got = self._fields.get(id)
+        if got is None:
+            from facial_search.web.export import displayable
+
+            e = self.index.entry(id)
+            got = self._fields[id] = (displayable(e.source), int(e.face), displayable(e.title))
+        return got
 
     @property
     def embedder(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 from pathlib import Path
 from typing import Annotated
@@ -10,11 +11,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from facial_search.errors import EmbedderMismatchError
-from facial_search.web import ondevice
+from facial_search.errors import EmbedderMismatchError, ImageError
+from facial_search.web import export, ondevice
 from facial_search.web.config import MAX_K, ServeConfig
 from facial_search.web.pool import SearchPool
 from facial_search.web.schemas import (
@@ -22,23 +23,31 @@ from facial_search.web.schemas import (
     NORM_TOLERANCE,
     ErrorDetail,
     Health,
+    IndexExport,
     OnDeviceInfo,
     SearchDocument,
     VectorQuery,
 )
 from facial_search.web.uploads import read_image_field, safe_name, search_upload
 
+try:  # optional: a faster JSON encoder for the vector API's answers, used where installed
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 router = APIRouter()
 
 
-def get_pool(request: Request) -> SearchPool:
+# the two are ``async`` so that FastAPI calls them on the event loop: a sync dependency costs a trip through the
+# thread pool on every request (measured: the vector API's largest cost after the search itself)
+async def get_pool(request: Request) -> SearchPool:
     """The app's :class:`SearchPool` (made by the app's lifespan)."""
     return request.state.pool
 
 
-def get_config(request: Request) -> ServeConfig:
+async def get_config(request: Request) -> ServeConfig:
     """The app's :class:`ServeConfig` (limits)."""
     return request.app.state.config
 
@@ -56,6 +65,7 @@ def get_assets(request: Request) -> ondevice.OnDeviceAssets:
 Pool = Annotated[SearchPool, Depends(get_pool)]
 Config = Annotated[ServeConfig, Depends(get_config)]
 Assets = Annotated[ondevice.OnDeviceAssets, Depends(get_assets)]
+MemeId = Annotated[int, PathParam(ge=0, le=2**62, description="a match's `id`")]
 
 
 class SearchForm(BaseModel):
@@ -128,13 +138,13 @@ def check_embedder_label(label: str, index_embedder) -> None:
 def search_vectors(pool: SearchPool, query: VectorQuery) -> dict:
     """The search document of client-made embeddings (run in a worker thread); see :func:`api_search_vectors`.
 
+    The document :meth:`facial_search.pipeline.SearchResult.to_json` makes, built directly: each match's file,
+    face and title come from :meth:`SearchPool.match_fields` (read once per id), not a store lookup a match.
+
     Raises:
         HTTPException: 422 a vector of another dimension than the index's, or not unit-norm; ``boxes`` of
             another count than ``vectors``.
     """
-    from facial_search.pipeline import FaceMatches, Match, SearchResult
-    from facial_search.vision.faces import Face
-
     index = pool.index
     dim = int(index.embedder.dim)
     for i, v in enumerate(query.vectors):
@@ -150,17 +160,28 @@ def search_vectors(pool: SearchPool, query: VectorQuery) -> dict:
         raise HTTPException(422, f"boxes: {len(query.boxes)} boxes for {len(query.vectors)} vectors")
     q = (q / norms[:, None]).astype(np.float32)
     dist, ids = index.search(q, query.k, group_by_source=not query.all_faces)
+    fields = pool.match_fields
     faces = []
-    for f, (drow, irow) in enumerate(zip(dist, ids, strict=True)):
-        box = tuple(query.boxes[f]) if query.boxes is not None else (0, 0, 0, 0)
+    for f, (drow, irow) in enumerate(zip(dist.tolist(), ids.tolist(), strict=True)):
         matches = []
         for rank, (d, i) in enumerate(zip(drow, irow, strict=True), start=1):
             if i < 0:
                 break
-            en = index.entry(int(i))
-            matches.append(Match(rank, en.id, en.source, en.face, en.title, float(d), en.box))
-        faces.append(FaceMatches(Face(box, None, None, None, (0, 0)), matches, q[f]))
-    return SearchResult(query.image, faces).to_json()
+            source, face, title = fields(i)
+            matches.append(
+                {"rank": rank, "id": i, "source": source, "face": face, "title": title, "distance": round(d, 6)}
+            )
+        box = list(query.boxes[f]) if query.boxes is not None else [0, 0, 0, 0]
+        faces.append({"box": box, "matches": matches})
+    return {"image": query.image, "faces": faces}
+
+
+def json_response(doc: dict) -> Response:
+    """``doc`` as ``application/json``: encoded by orjson where it is installed (about 100x as fast as the
+    standard library on a search document), else by :class:`JSONResponse`."""
+    if orjson is None:
+        return JSONResponse(doc)
+    return Response(orjson.dumps(doc), media_type="application/json")
 
 
 @router.post(
@@ -183,10 +204,10 @@ def search_vectors(pool: SearchPool, query: VectorQuery) -> dict:
         ),
     },
 )
-async def api_search_vectors(pool: Pool, query: VectorQuery) -> JSONResponse:
+async def api_search_vectors(pool: Pool, query: VectorQuery) -> Response:
     check_embedder_label(query.embedder, pool.index.embedder)
-    # the document is built by SearchResult.to_json, as the CLI's: sent as it is, not validated a second time
-    return JSONResponse(await run_in_threadpool(search_vectors, pool, query))
+    # the document is built as the CLI's: sent as it is, not validated a second time
+    return json_response(await run_in_threadpool(search_vectors, pool, query))
 
 
 @router.get(
@@ -256,6 +277,25 @@ def _file_route(path: Path, media_type: str):
     return serve
 
 
+def _meme_file(pool: SearchPool, meme_id: int) -> Path:
+    """The image file of face ``meme_id`` (only files recorded in the index are ever served).
+
+    Raises:
+        HTTPException: 404 no such id, its file gone, or not an image file.
+    """
+    try:
+        entry = pool.index.entry(meme_id)
+    except KeyError:
+        raise HTTPException(404, f"no meme with id {meme_id}") from None
+    path = Path(entry.source)
+    if not path.is_file():
+        raise HTTPException(404, f"meme {meme_id}: image file missing on the server")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if not media_type.startswith("image/"):
+        raise HTTPException(404, f"meme {meme_id}: not an image file")
+    return path
+
+
 @router.get(
     "/api/memes/{meme_id}/image",
     summary="The image of an indexed meme face, by id",
@@ -266,18 +306,75 @@ def _file_route(path: Path, media_type: str):
         422: _err("the id is not an integer from 0 to 2**62"),
     },
 )
-def meme_image(pool: Pool, meme_id: Annotated[int, PathParam(ge=0, le=2**62, description="a match's `id`")]):
-    try:
-        entry = pool.index.entry(meme_id)
-    except KeyError:
-        raise HTTPException(404, f"no meme with id {meme_id}") from None
-    path = Path(entry.source)  # only files recorded in the index are ever served
-    if not path.is_file():
-        raise HTTPException(404, f"meme {meme_id}: image file missing on the server")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    if not media_type.startswith("image/"):
-        raise HTTPException(404, f"meme {meme_id}: not an image file")
+def meme_image(pool: Pool, meme_id: MemeId):
+    path = _meme_file(pool, meme_id)
+    media_type = mimetypes.guess_type(path.name)[0]
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.get(
+    "/api/memes/{meme_id}/thumb",
+    summary="A small JPEG of an indexed meme face's image, by id",
+    description=(
+        "The meme's image, its longest side at most 256 px, JPEG; made once and kept. The page's private mode "
+        "fetches every file's thumbnail (`GET /api/index/export`: `thumb_ids`) before it searches, so which "
+        "meme matched is never asked for."
+    ),
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"},
+        404: _err("no such id in the index, or its file is gone or no longer an image"),
+        422: _err("the id is not an integer from 0 to 2**62"),
+    },
+)
+def meme_thumb(request: Request, pool: Pool, meme_id: MemeId) -> Response:
+    path = _meme_file(pool, meme_id)
+    try:
+        data = export.thumbnail(path)
+    except (OSError, ImageError):
+        raise HTTPException(404, f"meme {meme_id}: its file can no longer be read as an image") from None
+    return _cached(request, data, "image/jpeg", "public, max-age=86400")
+
+
+def _cached(request: Request, body: bytes, media_type: str, cache_control: str) -> Response:
+    """``body`` with a strong ETag (its sha256), or 304 when the request's ``If-None-Match`` has it."""
+    tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": tag, "Cache-Control": cache_control}
+    if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def export_body(request: Request, pool: SearchPool) -> bytes:
+    """The encoded export document of the app's index, built on the first request (in a worker thread) and kept
+    while the index has as many faces (the server serves it read-only)."""
+    state = request.app.state
+    kept = getattr(state, "export", None)
+    if kept is None or kept[0] != pool.index.ntotal:
+        label = ondevice.embedder_label(pool.index.embedder)
+        kept = state.export = (pool.index.ntotal, export.encode(export.build_export(pool.index, label)))
+    return kept[1]
+
+
+@router.get(
+    "/api/index/export",
+    response_model=IndexExport,
+    summary="The whole index, for the page's private mode",
+    description=(
+        "Every face's embedding (base64 float32), id, picture group, face number, file and title, columnar: "
+        "the page fetches it once and then searches on the device itself (exact Euclidean top-k, one answer per "
+        "picture: the answers of `POST /api/search/vectors`), so no embedding leaves it. About 0.6 MB for the "
+        "1,365 faces of the imgflip templates. Thumbnails: `thumb_url` with each of `thumb_ids`. Sent with an "
+        "ETag (`If-None-Match` gets 304) and `Cache-Control: no-cache`."
+    ),
+    responses={
+        304: {"description": "the copy the client holds (its `If-None-Match`) is current"},
+        501: _err("this index cannot be exported: a backend that gives out no embeddings, or over 100,000 faces"),
+    },
+)
+async def api_index_export(request: Request, pool: Pool) -> Response:
+    body = await run_in_threadpool(export_body, request, pool)
+    return _cached(request, body, "application/json", "no-cache")
 
 
 @router.get("/healthz", summary="Liveness and what is loaded", response_model=Health)

@@ -130,3 +130,37 @@ class OnDeviceInfo(BaseModel):
     max_vectors: int = Field(ge=1, description="most vectors a `POST /api/search/vectors` may carry")
     max_k: int = Field(ge=1, description="largest k")
     norm_tolerance: float = Field(gt=0, description="how far from 1 a vector's L2 norm may be")
+
+
+class IndexExport(BaseModel):
+    """What ``GET /api/index/export`` gives: the whole index, for the page's private mode to search itself.
+
+    Columnar: ``ids``, ``groups``, ``faces``, ``source`` and ``title`` hold one number per face, rows in the order
+    of ``embeddings``; ``source`` and ``title`` index ``sources`` and ``titles``; ``thumb_ids`` one face id per
+    source file. Searching it as the server does (exact Euclidean distance, the nearest face of each picture
+    group, nearest first, lower row first on a tie) gives the answers of ``POST /api/search/vectors``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["facial-search-export/1"] = Field(
+        json_schema_extra={"enum": ["facial-search-export/1"]}, description="this document's layout"
+    )
+    embedder: str = Field(description="the index's embedder, as `POST /api/search/vectors` and `/api/ondevice` name it")
+    dim: int = Field(ge=0, description="D, the embeddings' dimension (64)")
+    count: int = Field(ge=0, description="N, faces in the index")
+    digest: str = Field(description="16 hex digits of the embeddings', ids' and groups' sha256 (changes with them)")
+    embeddings: str = Field(
+        description="base64 of the (N, D) float32 embeddings, little-endian, row after row (unit-norm rows)"
+    )
+    ids: list[int] = Field(description="N face ids (a match's `id`)")
+    groups: list[int] = Field(description="N picture groups, 0 to G-1: a meme's faces, and one picture saved "
+                                          "under two names, share one; a search gives one answer per group")  # fmt: skip
+    faces: list[int] = Field(description="N face numbers within their file (0 = the leftmost)")
+    source: list[int] = Field(description="N indexes into `sources`")
+    title: list[int] = Field(description="N indexes into `titles`")
+    sources: list[str] = Field(description="the meme files, as the search document's `source` shows them")
+    titles: list[str] = Field(description="the distinct titles")
+    thumb_ids: list[int] = Field(description="per entry of `sources`, a face id whose `thumb_url` shows that file")
+    thumb_url: str = Field(description="a face's thumbnail (JPEG, longest side 256 px), `{id}` replaced by its id")
+    image_url: str = Field(description="a face's full image file, `{id}` replaced by its id")

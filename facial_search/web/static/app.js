@@ -1,8 +1,14 @@
-// facial-search web page: camera frames or a photo -> the memes, large. Plain JS, no build step.
+// facial-search web page: camera frames or a photo -> the memes, large. Plain JS modules, no build step.
 // On-device mode (the default, where WebAssembly and the models load: ondevice.js) finds and embeds every face
-// in the browser at camera rate and sends only the embeddings to POST /api/search/vectors. Otherwise (the page
-// says why) frames and photos go to POST /api/search, a few frames a second. One request in flight at most.
+// in the browser at camera rate and sends only the embeddings to POST /api/search/vectors. Private mode (the
+// "Private" switch: private.js) holds the whole index in the page and searches it here: nothing but static
+// files goes over the network. Otherwise (the page says why) frames and photos go to POST /api/search, a few
+// frames a second. One request in flight at most. Each match can be shared, copied or downloaded (share.js); a
+// tap on the preview freezes the matches. The service worker (/sw.js) keeps the page for offline use.
 "use strict";
+
+import * as priv from "/static/private.js";
+import { actionBar } from "/static/share.js";
 
 (() => {
   const FRAME_SIDE = 320; // longest side of the frames sent, pixels
@@ -23,7 +29,13 @@
   const results = $("results");
   const cameraBtn = $("camera-btn");
   const fileInput = $("file");
+  const privateToggle = $("private-toggle");
+  const frozenBadge = $("frozen");
   const grab = document.createElement("canvas");
+  const CACHE = "facial-search-v1"; // the service worker's cache (sw.js)
+  const PRIVATE_KEY = "facial-search.private"; // localStorage: private mode stays on across visits
+  // what the service worker keeps (sw.js: KEPT), less the index and the memes
+  const OFFLINE_PATHS = [/^\/$/, /^\/static\//, /^\/vendor\//, /^\/models\//, /^\/icons\//, /^\/manifest\.webmanifest$/, /^\/api\/ondevice$/];
 
   let mode = "idle"; // "camera" | "photo" | "idle"
   let stream = null;
@@ -32,17 +44,57 @@
   let photoURL = null;
   let cameraRequest = 0; // a photo picked while the camera is starting wins: the late stream is dropped
   let device = null; // the on-device pipeline (ondevice.js), or null: pictures go to the server
+  let privateIndex = null; // private mode: the index in the page (private.js), searched here
+  // private mode asked for (the switch; kept across visits): while it is, no face's embedding and no picture is
+  // sent, even before the index has loaded or where private mode cannot run
+  let privateWanted = readPrivateWish();
+  let frozen = false; // a tap on the preview holds the matches on show
 
   // ---- on-device mode, else the server's pipeline -------------------------------------------------------------
-  const api = (window.facialSearch = { pipeline: "starting", reason: null, backend: null, fps: 0, frames: 0 });
+  const api = (window.facialSearch = {
+    pipeline: "starting",
+    reason: null,
+    backend: null,
+    fps: 0,
+    frames: 0,
+    private: privateWanted ? "loading" : "off", // "loading" | "on" | "off" | "unavailable" (asked, cannot run)
+    offline: "no", // "ready": the service worker and its cache hold what the page needs
+  });
+
+  function readPrivateWish() {
+    try {
+      return localStorage.getItem(PRIVATE_KEY) === "1";
+    } catch (_) {
+      return false;
+    }
+  }
+
+  function keepPrivateWish(on) {
+    privateWanted = on;
+    try {
+      if (on) localStorage.setItem(PRIVATE_KEY, "1");
+      else localStorage.removeItem(PRIVATE_KEY);
+    } catch (_) {
+      /* storage refused: the wish lasts for this visit */
+    }
+  }
 
   function useServer(reason) {
     device = null;
+    privateIndex = null;
     api.pipeline = "server";
     api.reason = reason;
     document.body.dataset.pipeline = "server";
-    modeEl.textContent =
-      "On-device mode is off: " + reason + ". Frames and photos are sent to the server, searched and forgotten.";
+    privateToggle.disabled = !privateWanted; // still on: it can be switched off, to use the server
+    if (privateWanted) {
+      api.private = "unavailable";
+      document.body.dataset.private = "unavailable";
+      modeEl.textContent =
+        "Private mode cannot run here: " + reason + ". Nothing is sent; switch Private off to search on the server.";
+    } else {
+      modeEl.textContent =
+        "On-device mode is off: " + reason + ". Frames and photos are sent to the server, searched and forgotten.";
+    }
     modeEl.className = "mode warn";
   }
 
@@ -72,15 +124,134 @@
     api.embedImage = (source, opts) => device.embedImage(source, opts);
     api.embedFrame = (image, timestampMs) => device.embedFrame(image, timestampMs);
     document.body.dataset.pipeline = "device";
+    privateToggle.disabled = false;
+    showDeviceMode();
+  }
+
+  function showDeviceMode(prefix = "") {
     modeEl.textContent =
+      prefix +
       "On-device: faces are found and embedded in this browser (" +
       (device.backend === "webgpu" ? "WebGPU" : "WebAssembly") +
       "); only their embeddings are sent, never a picture.";
-    modeEl.className = "mode ok";
+    modeEl.className = "mode " + (prefix ? "warn" : "ok");
+  }
+
+  // ---- private mode: the index in the page ------------------------------------------------------------------
+  // Fetch `urls` (at most 6 at a time) into the service worker's cache (or the browser's HTTP cache where there
+  // is no Cache Storage), those it holds already skipped.
+  async function warm(urls, onEach) {
+    const cache = "caches" in window ? await caches.open(CACHE).catch(() => null) : null;
+    let next = 0;
+    async function worker() {
+      while (next < urls.length) {
+        const url = urls[next++];
+        if (!cache || !(await cache.match(url))) {
+          const resp = await fetch(url);
+          if (!resp.ok) throw new Error(url + ": HTTP " + resp.status);
+          if (cache) await cache.put(url, resp);
+          else await resp.arrayBuffer();
+        }
+        if (onEach) onEach();
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(6, urls.length) }, worker));
+  }
+
+  async function enablePrivate() {
+    if (!device) {
+      privateToggle.checked = false;
+      keepPrivateWish(false);
+      return;
+    }
+    keepPrivateWish(true);
+    privateToggle.checked = true;
+    privateToggle.disabled = true;
+    api.private = "loading";
+    modeEl.textContent = "Private mode: loading the index…";
+    modeEl.className = "mode";
+    try {
+      const index = await priv.loadIndex();
+      if (index.embedder !== api.embedder) {
+        throw new Error("the index's embedder (" + index.embedder + ") is not the page's (" + api.embedder + ")");
+      }
+      // every picture's thumbnail first: which meme matched is then never asked of the server
+      const thumbs = priv.thumbUrls(index);
+      let done = 0;
+      await warm(["/api/index/export", ...thumbs], () => {
+        done++;
+        if (done % 20 === 0 || done === thumbs.length + 1) {
+          modeEl.textContent = "Private mode: loading the pictures… " + Math.max(0, done - 1) + " / " + thumbs.length;
+        }
+      });
+      if (!privateWanted || !device) return; // switched off meanwhile
+      privateIndex = index;
+      api.private = "on";
+      document.body.dataset.private = "on";
+      results.replaceChildren(); // the cards again, with the thumbnails held here
+      modeEl.textContent =
+        "Private: nothing but static files goes over the network. Faces are found, embedded and matched in this " +
+        "browser, against the index it holds (" + index.count + " faces, " + thumbs.length + " pictures).";
+      modeEl.className = "mode ok private";
+    } catch (err) {
+      privateIndex = null;
+      privateToggle.checked = false;
+      keepPrivateWish(false);
+      api.private = "off";
+      document.body.dataset.private = "off";
+      if (device) showDeviceMode("Private mode is off: " + ((err && err.message) || err) + ". ");
+    } finally {
+      privateToggle.disabled = !device;
+    }
+  }
+
+  function disablePrivate() {
+    keepPrivateWish(false);
+    privateIndex = null;
+    api.private = "off";
+    document.body.dataset.private = "off";
+    results.replaceChildren();
+    if (device) showDeviceMode();
+    else if (api.pipeline === "server") useServer(api.reason);
+  }
+
+  privateToggle.addEventListener("change", () => (privateToggle.checked ? enablePrivate() : disablePrivate()));
+  api.privateSearch = (vectors, opts) => {
+    if (!privateIndex) throw new Error("private mode is off");
+    return priv.searchIndex(privateIndex, vectors, opts);
+  };
+
+  // ---- offline: the service worker, and what the page loaded in its cache ------------------------------------
+  async function makeOffline() {
+    if (!("serviceWorker" in navigator)) return "no";
+    try {
+      try {
+        await navigator.serviceWorker.register("/sw.js");
+      } catch (err) {
+        if (!navigator.serviceWorker.controller) throw err; // offline: the worker in place carries on
+      }
+      await navigator.serviceWorker.ready;
+      await pipelineReady;
+      const used = performance
+        .getEntriesByType("resource")
+        .map((e) => new URL(e.name))
+        .filter((u) => u.origin === location.origin && OFFLINE_PATHS.some((re) => re.test(u.pathname)))
+        .map((u) => u.pathname + u.search);
+      await warm([...new Set(["/", ...used])]);
+      return "ready";
+    } catch (_) {
+      return "no"; // no service worker here (blocked, or a private window): the page works online
+    }
   }
 
   const pipelineReady = startPipeline();
   api.ready = pipelineReady.then(() => api.pipeline);
+  privateToggle.checked = privateWanted;
+  api.privateReady = pipelineReady.then(async () => {
+    if (privateWanted && device) await enablePrivate();
+    return api.private;
+  });
+  api.offlineReady = makeOffline().then((state) => (api.offline = state));
 
   // the frame takes the picture's shape (portrait on a phone held upright), within the CSS max-height
   function fitFrame(w, h) {
@@ -167,6 +338,7 @@
 
   function stopCamera() {
     loopToken++;
+    if (frozen) setFrozen(false);
     if (stream) stream.getTracks().forEach((t) => t.stop());
     stream = null;
     video.srcObject = null;
@@ -183,7 +355,7 @@
   async function runLoop(token) {
     while (token === loopToken && mode === "camera") {
       const t0 = performance.now();
-      if (document.hidden || video.readyState < 2 || !video.videoWidth) {
+      if (document.hidden || frozen || video.readyState < 2 || !video.videoWidth) {
         await sleep(100);
         continue;
       }
@@ -226,7 +398,13 @@
       try {
         result = await device.embedFrame(image, performance.now());
       } catch (err) {
+        const wasPrivate = privateWanted;
         useServer("the in-browser pipeline failed (" + ((err && err.message) || err) + ")");
+        if (wasPrivate) {
+          stopCamera(); // private mode never falls back to sending pictures
+          setStatus("The in-browser pipeline failed: the camera is stopped, nothing was sent.", "warn");
+          return;
+        }
         if (token === loopToken && mode === "camera") runLoop(token);
         return;
       }
@@ -242,7 +420,7 @@
         show({ image: "camera", faces: [] }, image.width, image.height);
         continue;
       }
-      if (inFlight) continue;
+      if (inFlight || frozen) continue;
       inFlight = true;
       const boxes = result.faces.map((f) => f.box);
       searchVectors(result.embeddings, boxes, "camera").then((doc) => {
@@ -299,6 +477,10 @@
         if (doc && mode === "photo" && photo.src === photoURL) show(doc, result.width, result.height);
         return;
       }
+      if (privateWanted) {
+        setStatus("This browser cannot read that image, and private mode sends no picture. Try a JPEG or PNG.", "warn");
+        return;
+      }
     }
     let body = file;
     let w = photo.naturalWidth;
@@ -318,6 +500,11 @@
 
   // ---- API ----------------------------------------------------------------------------------------------
   async function searchVectors(vectors, boxes, name) {
+    if (privateIndex) return priv.searchIndex(privateIndex, vectors, { k: K, boxes, image: name });
+    if (privateWanted) {
+      setStatus("Private mode is loading the index: nothing is sent meanwhile.");
+      return null;
+    }
     let resp;
     try {
       resp = await fetch("/api/search/vectors", {
@@ -334,6 +521,11 @@
   }
 
   async function search(blob, name) {
+    if (privateWanted) {
+      setStatus("Private mode sends no picture. Switch Private off to search on the server.", "warn");
+      await sleep(500);
+      return null;
+    }
     const form = new FormData();
     form.append("image", blob, name);
     let resp;
@@ -401,7 +593,8 @@
     fig.className = "match";
     fig.dataset.id = String(m.id);
     const img = document.createElement("img");
-    img.src = "/api/memes/" + encodeURIComponent(m.id) + "/image";
+    // private mode: the thumbnail the page holds (all were fetched); else the meme's own image
+    img.src = (privateIndex && priv.thumbOf(privateIndex, m.id)) || "/api/memes/" + encodeURIComponent(m.id) + "/image";
     img.alt = m.title;
     img.loading = "eager";
     const cap = document.createElement("figcaption");
@@ -409,7 +602,7 @@
     title.className = "title";
     const meta = document.createElement("span");
     meta.className = "meta";
-    cap.append(title, meta);
+    cap.append(title, meta, actionBar(m, setStatus));
     fig.append(img, cap);
     return fig;
   }
@@ -471,6 +664,7 @@
   function show(doc, w, h) {
     const faces = doc.faces || [];
     drawBoxes(faces, w, h);
+    if (frozen && mode === "camera") return; // the matches on show stay until the next tap
     results.dataset.updates = String((Number(results.dataset.updates) || 0) + 1);
     if (!faces.length) {
       noFaceStreak++;
@@ -493,10 +687,33 @@
     const n = faces.length;
     const rate = mode === "camera" && device && api.fps ? " (" + Math.round(api.fps) + " frames/s on this device)" : "";
     setStatus(
-      (n === 1 ? "1 face" : n + " faces") + (mode === "camera" ? " seen, live" + rate : " found in the photo"),
+      (n === 1 ? "1 face" : n + " faces") +
+        (mode === "camera" ? " seen, live" + rate + ". Tap the picture to hold these memes." : " found in the photo"),
       "ok",
     );
   }
+
+  // ---- freeze: a tap on the preview holds the matches, a second tap lets them go -----------------------------
+  function setFrozen(on) {
+    frozen = on;
+    document.body.dataset.frozen = on ? "1" : "0";
+    frozenBadge.hidden = !on;
+    frame.setAttribute("aria-pressed", String(on));
+    if (on) setStatus("Held: these memes stay while you pick one. Tap the picture to go live again.", "ok");
+    else setStatus("Live again…");
+  }
+
+  function toggleFreeze() {
+    if (mode === "camera") setFrozen(!frozen);
+  }
+
+  frame.addEventListener("click", toggleFreeze);
+  frame.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      toggleFreeze();
+    }
+  });
 
   // ---- wiring -------------------------------------------------------------------------------------------
   cameraBtn.addEventListener("click", () => {
