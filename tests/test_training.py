@@ -256,3 +256,87 @@ def test_down2_gap_feeds_each_face_blurred(tmp_path, monkeypatch):
     assert not np.allclose(clean_e, down_e)  # the views are blurred, not the clean faces again
     nearest = np.linalg.norm(down_e[:, None] - clean_e[None], axis=2).argmin(1)
     assert (nearest == np.arange(12)).sum() >= 9
+
+
+@needs_data
+def test_v4_recipe_few_steps_with_wild_labels_and_teacher(tmp_path, monkeypatch):
+    """The v4 skeleton on a handful of real faces: FER+ (24 train, 9 valid), ExpW (6 train, 9 valid), SFEW (4)
+    and two memes, the teacher's outputs computed and cached for them; a few steps train every loss (the
+    distillation terms included) and export a graph the expression embedder loads."""
+    pytest.importorskip("ai_edge_litert")
+    from facial_search.embedders.expression import ExpressionEmbedder
+    from facial_search.vision.faces import FaceFinder, FaceFinderOptions
+    from training import teacher, wild
+    from training.train_v4 import V4Config, train_v4
+
+    monkeypatch.setenv("FACIAL_SEARCH_MODELS", str(MODELS))
+    cache, trip = fer_subset(tmp_path, {"FER2013Train": 30, "FER2013Valid": 9})
+    tcache, wcache = tmp_path / "teacher", tmp_path / "wild"
+    t = teacher.Teacher()
+    limits = {"ferplus-train": 30, "expw-train": 6, "sfew-train": 4}
+    with FaceFinder.create_from_options(FaceFinderOptions(max_faces=8)) as finder:
+        for name, n in limits.items():
+            teacher.compute(teacher.source(name), t, finder, tcache, limit=n)
+        memes = teacher.source("memes")
+        memes = teacher.Source("memes", memes.root, ("Distracted-Boyfriend.jpg", "Success-Kid.jpg"), False)
+        teacher.compute(memes, t, finder, tcache)
+        for src in (wild.source("expw-train"), wild.source("sfew-train"), memes, wild.source("expw-valid")):
+            n = {"expw-train": 6, "sfew-train": 4, "expw-valid": 9}.get(src.name, 0)
+            wild.prepare_source(src, finder, wild.wild_file(src.name, wcache), limit=n)
+    valid = wild.load_wild("expw-valid", wcache)
+    assert valid["images"].shape == (9, 48, 48) and (valid["label"] >= 0).all()
+    memes_rows = wild.load_wild("memes", wcache)
+    assert (memes_rows["label"] == -1).all() and len(memes_rows["label"]) >= 2  # unlabelled, every face
+    joined = wild.teacher_targets(memes_rows, teacher.load_cache(teacher.cache_file("memes", t.sha256, tcache)))
+    assert joined["has"].all()  # the same faces, found the same way, join by (sha, face)
+    expw_trip = tmp_path / "expw.csv"
+    names = list(valid["name"])
+    with open(expw_trip, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_a", "image_b", "image_c", "most_similar", "type"])
+        for i in range(0, 9, 3):
+            w.writerow([names[i], names[i + 1], names[i + 2], "ab", "TWO_CLASS"])
+    out, log = tmp_path / "v4.onnx", tmp_path / "v4.json"
+    config = V4Config(
+        out=out, epochs=2, batch=12, threads=1, limit=24, cache=cache, wild_cache=wcache, teacher_cache=tcache,
+        valid_triplets=trip, expw_triplets=expw_trip, log=log,
+    )  # fmt: skip
+    summary = train_v4(config)
+    first, second = summary["history"]
+    for row in (first, second):
+        assert row["ce"] > 0 and row["kl"] > 0 and row["feat"] > 0 and row["rkd"] > 0
+        assert set(row["valid"]) == {"fer", "expw", "score"}
+    assert second["ce"] != first["ce"]
+    assert json.loads(log.read_text())["history"] == summary["history"]
+    e, p = ExpressionEmbedder(model_file=out).run(valid["images"].astype(np.float32))
+    assert e.shape == (9, 64) and p.shape == (9, 8)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+
+
+def test_phone_and_meme_augmentations_are_seeded_and_change_faces():
+    from training import augment as phone
+
+    x = torch.rand(32, 1, 48, 48) * 255
+    a = phone.phone_and_meme(x, torch.Generator().manual_seed(0), 0.5, 0.5, 0.5)
+    assert torch.equal(a, phone.phone_and_meme(x, torch.Generator().manual_seed(0), 0.5, 0.5, 0.5))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
+    assert torch.equal(phone.phone_and_meme(x, torch.Generator().manual_seed(0), 0, 0, 0), torch.round(x))
+    flat = torch.full((8, 1, 48, 48), 100.0)
+    occluded = phone.occlude(flat, torch.Generator().manual_seed(1), p=1.0)
+    changed = (occluded != 100).float().mean(dim=(1, 2, 3))
+    assert ((changed > 0.01) & (changed < 0.2)).sum() >= 6  # a rectangle of 15-40 % a side (unless its grey is ~100)
+    dark = phone.low_light(x, torch.Generator().manual_seed(2), p=1.0)
+    assert not torch.equal(dark, x) and (dark - x).abs().mean() < 40  # noisy, quantised, brought back up
+
+
+def test_v4_config_refuses_bad_values():
+    from training.train import ConfigError
+    from training.train_v4 import V4Config
+
+    with pytest.raises(ConfigError, match="^wild_share: "):
+        V4Config(wild_share=0.7, unlabelled_share=0.3)
+    with pytest.raises(ConfigError, match="^kd_temperature: must be a number > 0"):
+        V4Config(kd_temperature=0)
+    with pytest.raises(ConfigError, match="^p_occlude: "):
+        V4Config(p_occlude=1.5)
+    assert V4Config(out="x.onnx", cache="").cache is None and V4Config().out != RECIPE["out"]  # never v3's file
