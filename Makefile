@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED)/models/face_landmarker.task),)
 export FACIAL_SEARCH_MODELS ?= $(abspath $(SHARED)/models)
 endif
 
-.PHONY: demo test lint venv browser npm bench clean
+.PHONY: demo test lint venv browser npm milvus-server bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,15 @@ browser:
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-xvfb.sh
 
+# the Milvus server the tests start (PyPI `milvus`, Milvus 2.3.5 standalone) in its own .venv-milvus-server/
+milvus-server:
+	@scripts/ensure-milvus-server.sh
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/.installed node_modules/.installed browser lint
+test: $(BIN)/.installed node_modules/.installed browser milvus-server lint
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed

@@ -1,13 +1,22 @@
-"""Scale: the exact index, its grouping search and its duplicate grouping against FAISS ``IndexFlatL2``.
+"""Scale: the file store (format 3) against FAISS ``IndexFlatL2``: exact and grouping search, add, commit,
+open, RSS, and adding 10,000 faces to a full store.
 
 Vectors that resemble real ones: real embeddings (default embedder) of FER+ test crops and imgflip memes,
 cached in ``$TMPDIR/facial-search-bench``, each spread with small Gaussian noise (0 to ~0.3 apart) into
 many; picture hashes are each base face's real dHash with 6-24 bits flipped (1 in 5 rows a near copy of
 another row: same picture re-saved), so the duplicate rules have work to do. In one run: FAISS flat top-3
-(the reference), ``MemeIndex.search`` top-3 plain and grouped, :func:`grouped_top_k` over FAISS, the
-first ``source_groups`` (duplicate merge), ``add``, ``save``, ``load``, file size, RSS; ratios against FAISS.
+(the reference), ``MemeIndex.search`` top-3 plain and grouped, ``add`` of all rows, the first commit (the
+picture groups of every row, then the whole file), 10,000 more added and committed (an append), then in
+fresh processes (so that their RSS is the store's): open, searches and peak RSS; open, add 10,000 faces, their
+picture groups, the commit (an append). Ratios against FAISS.
 
-    python benchmarks/bench_scale.py [--n 100000] [--queries 50] [--json]
+    python benchmarks/bench_scale.py [--n 100000] [--queries 50] [--ann hnsw|ivf] [--json]
+
+``--ann KIND`` adds the ANN index's figures (``bench_ann.ann_figures``: ``ann_ms_p50``, ``ann_ms_p99``,
+``ann_recall_at_3``, ``ann_build_s``, ``ann_bytes``; the index built over the same vectors, outside the store).
+
+The functions are separate (``real_faces``, ``spread``, ``bench_search``, ``bench_build``, ``bench_open``,
+``bench_add``) so that other benchmarks can reuse them.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +38,10 @@ import numpy as np
 from _common import MEMES, SHARED
 
 from facial_search.index.dedupe import face_dhash
-from facial_search.index.kernels import grouped_top_k
 from facial_search.index.store import EmbedderInfo, MemeIndex
 
 CACHE = Path(tempfile.gettempdir()) / "facial-search-bench"
+INFO = EmbedderInfo("expression", "bench", 64)
 
 
 def real_faces(n_fer: int = 600, n_memes: int = 150) -> tuple[np.ndarray, list[str]]:
@@ -59,7 +70,7 @@ def real_faces(n_fer: int = 600, n_memes: int = 150) -> tuple[np.ndarray, list[s
     return np.stack(embs).astype(np.float32), hashes
 
 
-def spread(emb, hashes, n: int, seed: int = 0):
+def spread(emb, hashes, n: int, seed: int = 0, prefix: str = ""):
     """``n`` unit rows around the real ones, their hashes and entries (3 faces share a source now and then)."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, len(emb), n)
@@ -80,7 +91,7 @@ def spread(emb, hashes, n: int, seed: int = 0):
     source = np.arange(n) - np.where(rng.random(n) < 0.2, np.arange(n) % 3, 0)
     entries = [
         {
-            "source": f"/memes/{s}.jpg",
+            "source": f"/memes/{prefix}{s}.jpg",
             "face": 0,
             "box": [0, 0, 48, 48],
             "title": str(s),
@@ -100,59 +111,155 @@ def p50_ms(fn, queries) -> float:
     return statistics.median(times)
 
 
+def bench_search(index: MemeIndex, x: np.ndarray, queries: np.ndarray) -> dict:
+    """FAISS ``IndexFlatL2`` top-3 (the reference, on a copy of the rows) and the store's top-3, plain and
+    grouped, interleaved query by query (so that a busy machine slows all three alike); p50 milliseconds."""
+    flat = faiss.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    index.search(queries[:1], 3, group_by_source=True)  # the first grouping search makes its caches
+    times: dict[str, list[float]] = {"faiss_flat_ms_p50": [], "exact_ms_p50": [], "grouped_ms_p50": []}
+    for _ in range(2):
+        for q in queries:
+            for key, fn in (
+                ("faiss_flat_ms_p50", lambda v: flat.search(v, 3)),
+                ("exact_ms_p50", lambda v: index.search(v, 3)),
+                ("grouped_ms_p50", lambda v: index.search(v, 3, group_by_source=True)),
+            ):
+                t = time.perf_counter()
+                fn(q[None])
+                times[key].append((time.perf_counter() - t) * 1000)
+    r = {k: statistics.median(v) for k, v in times.items()}
+    r["exact_vs_faiss"] = r["exact_ms_p50"] / r["faiss_flat_ms_p50"]
+    r["grouped_vs_exact"] = r["grouped_ms_p50"] / r["exact_ms_p50"]
+    return r
+
+
+def bench_build(path: Path, x: np.ndarray, entries: list[dict]) -> tuple[MemeIndex, dict]:
+    """``add`` of every row, then the first commit (picture groups of all rows, then the whole file)."""
+    index = MemeIndex(INFO, path=path)
+    t = time.perf_counter()
+    index.add(x, entries)
+    r = {"add_s": time.perf_counter() - t}
+    t = time.perf_counter()
+    index.source_groups()
+    r["group_all_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    index.commit()
+    r["first_commit_s"] = time.perf_counter() - t
+    r["file_mb"] = path.stat().st_size / 2**20
+    r["pictures"] = int(index.source_groups().max()) + 1
+    return index, r
+
+
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, {bench!r})
+t0 = time.perf_counter()
+from facial_search.index.store import MemeIndex
+import numpy as np
+t = time.perf_counter()
+index = MemeIndex.load({path!r})
+r = {{"open_s": time.perf_counter() - t, "import_s": t - t0}}
+{body}
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+r["rss_mb"] = int(status["VmHWM"].split()[0]) / 1024  # peak RSS of this process (ru_maxrss carries the parent's)
+r["rss_now_mb"] = int(status["VmRSS"].split()[0]) / 1024
+print(json.dumps(r))
+"""
+
+_SEARCHES = """
+import bench_scale as bs
+q = bs.spread(*bs.real_faces(), 20, seed=1)[0]
+t = time.perf_counter(); index.search(q[:1], 3, group_by_source=True); r["first_grouped_s"] = time.perf_counter() - t
+for v in q:
+    index.search(v[None], 3); index.search(v[None], 3, group_by_source=True)
+"""
+
+_ADD = """
+import bench_scale as bs
+emb, hashes = bs.real_faces()
+x, entries = bs.spread(emb, hashes, 10_000, seed=7, prefix="new-")
+size = __import__("os").path.getsize({path!r})
+t = time.perf_counter()
+index.add(x, entries)
+r["add_10k_only_s"] = time.perf_counter() - t
+t1 = time.perf_counter()
+index.source_groups()
+r["add_10k_group_s"] = time.perf_counter() - t1
+t1 = time.perf_counter()
+index.commit()
+r["add_10k_append_s"] = time.perf_counter() - t1
+r["add_10k_s"] = time.perf_counter() - t
+r["add_10k_file_growth_mb"] = (__import__("os").path.getsize({path!r}) - size) / 2**20
+"""
+
+
+def _child(path: Path, body: str) -> dict:
+    bench = str(Path(__file__).resolve().parent)
+    code = _CHILD.format(bench=bench, path=str(path), body=body.format(path=str(path)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_open(path: Path) -> dict:
+    """In a fresh process: open the store, 20 plain and grouped searches; open time and peak RSS."""
+    return _child(path, _SEARCHES)
+
+
+def bench_add(path: Path) -> dict:
+    """In a fresh process: open the store, add 10,000 faces and commit (an append): the time from the add."""
+    r = _child(path, _ADD)
+    return {k: v for k, v in r.items() if k.startswith("add_10k")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ann", choices=["hnsw", "ivf"], help="also measure this ANN index (bench_ann.ann_figures)")
     args = ap.parse_args()
     emb, hashes = real_faces()
     x, entries = spread(emb, hashes, args.n)
     queries = spread(emb, hashes, args.queries, seed=1)[0]
-    r = {"n": args.n, "real_faces": len(emb), "threads": faiss.omp_get_max_threads()}
-
-    flat = faiss.IndexFlatL2(x.shape[1])
-    flat.add(x)
-    r["faiss_flat_ms_p50"] = p50_ms(lambda q: flat.search(q, 3), queries)
-
-    index = MemeIndex(EmbedderInfo("expression", "bench", x.shape[1]))
-    t = time.perf_counter()
-    index.add(x, entries)
-    r["add_s"] = time.perf_counter() - t
-    r["exact_ms_p50"] = p50_ms(lambda q: index.search(q, 3), queries)
-    t = time.perf_counter()
-    groups = index.source_groups()
-    r["source_groups_s"] = time.perf_counter() - t
-    r["sources"] = len({e["source"] for e in entries})
-    r["pictures"] = int(groups.max()) + 1
-    r["grouped_ms_p50"] = p50_ms(lambda q: index.search(q, 3, group_by_source=True), queries)
-
-    def faiss_search(q):
-        return grouped_top_k(lambda qi, kk: flat.search(q[qi], kk), len(q), groups, 3)
-
-    r["grouped_top_k_faiss_ms_p50"] = p50_ms(faiss_search, queries)
-
-    with tempfile.TemporaryDirectory() as tmp:
+    r = {"n": args.n, "real_faces": len(emb), "threads": faiss.omp_get_max_threads(), "cpu": _cpu()}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         path = Path(tmp) / "scale.fsindex"
+        index, built = bench_build(path, x, entries)
+        r |= built
+        r["sources"] = len({e["source"] for e in entries})
+        del entries
+        r |= bench_search(index, x, queries)
         t = time.perf_counter()
-        index.save(path)
-        r["save_s"] = time.perf_counter() - t
-        r["file_mb"] = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 2**20
-        t = time.perf_counter()
-        MemeIndex.load(path)
-        r["open_s"] = time.perf_counter() - t
-    r["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, kB on Linux
-    r["vectors_mb"] = x.nbytes / 2**20
-    r["exact_vs_faiss"] = r["exact_ms_p50"] / r["faiss_flat_ms_p50"]
-    r["grouped_vs_exact"] = r["grouped_ms_p50"] / r["exact_ms_p50"]
-    r["grouped_top_k_faiss_vs_faiss"] = r["grouped_top_k_faiss_ms_p50"] / r["faiss_flat_ms_p50"]
+        index.add(*spread(emb, hashes, 10_000, seed=8, prefix="old-"))
+        index.commit()
+        r["add_10k_in_process_s"] = time.perf_counter() - t  # the store holds N + 10,000 faces from here on
+        del index
+        opened = bench_open(path)
+        r |= {k: opened[k] for k in ("open_s", "rss_mb", "rss_now_mb", "first_grouped_s")}
+        r |= bench_add(path)
+    r["vectors_mb"] = (len(x) + 10_000) * x.shape[1] * 4 / 2**20  # what the opened store holds
+    r["rss_vs_vectors"] = r["rss_mb"] / r["vectors_mb"]
+    if args.ann:
+        from bench_ann import ann_figures
+
+        r |= ann_figures(args.ann, x, queries)
+    r["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
         return
     print(f"{args.n:,} faces ({len(emb)} real faces spread), {r['sources']:,} sources -> {r['pictures']:,} pictures")
     for k, v in r.items():
         print(f"  {k:30s} {v:.4g}" if isinstance(v, float) else f"  {k:30s} {v}")
-    print(f"  cpu: {os.cpu_count()} cores")
+
+
+def _cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    except OSError:
+        name = "?"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

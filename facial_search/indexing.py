@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from facial_search import embedders
-from facial_search.errors import ImageError, InputNotFoundError, SkipReason, TitlesFileError
+from facial_search.errors import ImageError, InputNotFoundError, OptionError, SkipReason, TitlesFileError
 from facial_search.index.base import Store
 from facial_search.index.dedupe import face_dhash
 from facial_search.index.store import EmbedderInfo, FileRecord, file_path, open_store
@@ -106,6 +106,9 @@ def find_images(inputs: Iterable[str | os.PathLike], unreadable: dict[str, str] 
             raise InputNotFoundError(f"{p}: no such file or folder")
     return [found[k] for k in sorted(found)]
 
+
+#: What runs the per-file work (:func:`build_index`'s ``executor``): local processes, or a Ray cluster.
+EXECUTORS = ("process", "ray")
 
 #: How an index looked for a file's faces (:attr:`facial_search.index.FileRecord.finder`): the whole image
 #: only (``--no-tiles``), or the whole image then its tiles (:meth:`Pipeline.faces`).
@@ -203,6 +206,9 @@ def build_index(
     progress: bool = True,
     checkpoint_seconds: float = 15.0,
     tiles: bool = True,
+    executor: str = "process",
+    ray_address: str | None = None,
+    ann=None,
 ) -> tuple[Store, IndexReport]:
     """Index every face of every image in ``inputs`` into the store ``out`` (created or updated).
 
@@ -219,6 +225,14 @@ def build_index(
     face are recorded as skipped with a reason, never fatal. The store is committed
     (:meth:`~facial_search.index.base.Store.commit`: a file is saved atomically) every ``checkpoint_seconds``
     and at the end, so an interrupted run keeps what it had done. ``tiles``: see :class:`Pipeline`.
+    ``ann``: a file store's search, recorded in it (:func:`~facial_search.index.store.open_store`: HNSW
+    parameters, ``"exact"``, or ``None`` to keep its setting).
+
+    ``executor`` runs the per-file work (decode, faces, embedding): ``"process"`` (default) on ``workers``
+    local processes (:mod:`facial_search.parallel`), ``"ray"`` on a Ray cluster (:mod:`facial_search.ray_executor`:
+    ``ray_address`` ``None`` starts a local Ray with ``workers`` CPUs, or uses ``$RAY_ADDRESS``, else ``"auto"``,
+    ``HOST:PORT`` or ``ray://HOST:PORT``; ``workers`` defaults to the cluster's CPUs); the index is the same
+    either way.
 
     Everything that can be checked is checked before any image is processed: the embedder name, ``workers``,
     that ``out`` can be written (for a file), the existing index, the titles file, the inputs. Folders that
@@ -230,7 +244,7 @@ def build_index(
 
     Raises:
         UnknownEmbedderError: no embedder named ``embedder``.
-        OptionError: ``workers`` below 1.
+        OptionError: ``workers`` below 1, an unknown ``executor``, ``ray_address`` without ``executor="ray"``.
         OutputError: no file can be written at ``out`` (its folder is missing, a file, read-only; ``out`` is a
             folder).
         EmbedderMismatchError: ``out`` exists and was built by another embedder.
@@ -241,16 +255,19 @@ def build_index(
             without pymilvus or whose server cannot be reached.
         TitlesFileError: a bad ``titles`` file.
         InputNotFoundError: an input (or ``titles``) does not exist.
-        AssetError, ModelLoadError, WorkerStartError: the workers cannot build their pipeline (at once).
+        AssetError, ModelLoadError, WorkerStartError: the workers cannot build their pipeline (at once); or
+            (``executor="ray"``) the Ray cluster cannot be reached, and MissingDependencyError: Ray is not
+            installed.
     """
     t0 = time.perf_counter()
     emb = embedders.get_embedder(embedder)
     info = EmbedderInfo.of(emb)
-    workers = resolve_workers(workers)
+    workers = _check_executor(executor, ray_address, workers)
     out_file = file_path(out)  # None: another backend (no file checks, no writer lock)
-    store = open_store(out, embedder=info, create=True, writer=out_file is not None)
+    store = open_store(out, embedder=info, create=True, writer=out_file is not None, ann=ann)
     try:
-        report = _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles)
+        report = _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles,
+                       executor=executor, ray_address=ray_address)  # fmt: skip
         report.store = store.describe()
     finally:
         store.close()
@@ -258,7 +275,32 @@ def build_index(
     return store, report
 
 
-def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles):
+def _check_executor(executor: str, ray_address: str | None, workers: int | None) -> int | None:
+    """``workers`` resolved for ``executor`` (``None`` stays ``None`` for Ray: the cluster's CPUs); raises
+    OptionError for a bad combination, MissingDependencyError for ``"ray"`` without Ray, before any work."""
+    if executor not in EXECUTORS:
+        raise OptionError(f"executor: must be one of {', '.join(EXECUTORS)} (got {executor!r})")
+    if executor != "ray":
+        if ray_address is not None:
+            raise OptionError("ray_address: only with executor='ray' (--ray-address needs --executor ray)")
+        return resolve_workers(workers)
+    from facial_search.ray_executor import import_ray
+
+    import_ray()
+    return None if workers is None else resolve_workers(workers)
+
+
+def _map_files(todo: list[str], config: WorkerConfig, workers: int | None, executor: str, ray_address: str | None):
+    """:func:`_index_one` over ``todo`` by ``executor`` (see :func:`build_index`), results in order."""
+    if executor == "ray":
+        from facial_search import ray_executor
+
+        return ray_executor.map_images(_index_one, todo, config, workers=workers, address=ray_address)
+    return map_images(_index_one, todo, config, workers=min(workers, max(1, len(todo))))
+
+
+def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles, *,
+          executor="process", ray_address=None):  # fmt: skip
     """The work of :func:`build_index` on the open ``store``; returns the :class:`IndexReport`."""
     title_map = load_titles(titles) if titles else {}
     inputs = list(inputs)
@@ -282,7 +324,7 @@ def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, c
             report.unchanged += 1
     config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None, tiles=tiles)
     last_save = time.monotonic()
-    results = map_images(_index_one, todo, config, workers=min(workers, max(1, len(todo))))
+    results = _map_files(todo, config, workers, executor, ray_address)
     bar = progress_bar(total=len(todo), desc="indexing", enabled=progress and bool(todo))
     finished = False
     try:

@@ -97,6 +97,18 @@ def current_pipeline():
     return _PIPELINE
 
 
+def install_pipeline(config: WorkerConfig) -> None:
+    """Build the pipeline of ``config`` as this process's :func:`current_pipeline`: for a worker process that
+    another executor started (the actors of :mod:`facial_search.ray_executor`).
+
+    Raises:
+        ModelLoadError, AssetError, UnknownEmbedderError: the pipeline cannot be built (its reason).
+        WorkerStartError: it cannot be built for a reason that is not one of ours.
+    """
+    global _PIPELINE
+    _PIPELINE = _build_pipeline(config)
+
+
 def map_images(func: Callable, items: Iterable, config: WorkerConfig, workers: int, chunksize: int = 4) -> Iterator:
     """``func(item)`` for every item, in order, on ``workers`` processes (``func`` reads the worker's
     pipeline with :func:`current_pipeline`; it must be a module-level function).

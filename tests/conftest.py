@@ -8,6 +8,10 @@ import them from conftest.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,43 @@ def meme_index(tmp_path_factory, sample_memes) -> Path:
     index, report = build_index(sample_memes, out, titles=MEMES.parent / "imgflip.csv", workers=2, progress=False)
     assert len(index) >= 20
     return out
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> str:
+    """``"127.0.0.1:PORT"`` of a real Milvus standalone server for the session: the PyPI package ``milvus``
+    (2.3.5) in its own environment (``scripts/ensure-milvus-server.sh`` makes ``.venv-milvus-server``), run by
+    ``scripts/run-milvus-server.py`` as a subprocess on free ports, its data in a temporary folder; stopped at
+    the end (and by itself should this process die: it watches its stdin). ``$FACIAL_SEARCH_MILVUS_SERVER``
+    (``HOST:PORT``) names a server to use instead. Skips where the environment cannot be made."""
+    if os.environ.get("FACIAL_SEARCH_MILVUS_SERVER"):
+        yield os.environ["FACIAL_SEARCH_MILVUS_SERVER"]
+        return
+    venv = ROOT / ".venv-milvus-server"
+    made = subprocess.run([str(ROOT / "scripts" / "ensure-milvus-server.sh"), str(venv)], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    if made.returncode != 0 or not (venv / "bin" / "python").is_file():
+        pytest.skip(f"no Milvus server environment ({made.stderr.strip()[-500:]})")
+    data = tmp_path_factory.mktemp("milvus-server")
+    log = open(data / "launcher.log", "w")  # noqa: SIM115  (closed at the end of the session)
+    proc = subprocess.Popen([str(venv / "bin" / "python"), str(ROOT / "scripts" / "run-milvus-server.py"),
+                             str(data / "server")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                            text=True, start_new_session=True)  # fmt: skip
+    ready: list[str] = []
+    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=180)
+    try:
+        if not ready or not ready[0].strip():
+            proc.kill()
+            log.flush()
+            pytest.fail(f"the Milvus server did not start: {(data / 'launcher.log').read_text()[-3000:]}")
+        yield f"127.0.0.1:{json.loads(ready[0])['port']}"
+    finally:
+        proc.stdin.close()  # the launcher stops the server and exits
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # its own process group (start_new_session): the launcher and the server
+            proc.wait()
+        log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -195,18 +196,18 @@ def test_index_update_retries_faceless_files_with_tiles_and_upgrades_format_1(sa
     assert "0 processed, 3 unchanged" in run("index", folder, "--out", out, "--no-progress", check=True).stdout
     faces = len(index)
 
-    with zipfile.ZipFile(out) as z:  # the same index as format 1 wrote it: no picture hashes, no finder
-        files = {n: z.read(n) for n in z.namelist()}
-    meta = json.loads(files["meta.json"])
-    meta["version"] = 1
-    for e in meta["entries"]:
-        del e["picture_hash"]
-    for rec in meta["files"].values():
-        del rec["finder"]
-    files["meta.json"] = json.dumps(meta).encode()
-    with zipfile.ZipFile(out, "w") as z:
-        for n, data in files.items():
-            z.writestr(n, data)
+    entries = [{"id": e.id, "source": e.source, "face": e.face, "box": list(e.box), "title": e.title}
+               for e in index.entries()]  # fmt: skip
+    recs = {s: {"size": r.size, "mtime_ns": r.mtime_ns, "faces": r.faces, "skipped": r.skipped}
+            for s, r in index.files.items()}  # fmt: skip
+    meta = {"format": "facial-search-index", "version": 1, "embedder": vars(index.embedder),
+            "next_id": index.next_id, "entries": entries, "files": recs}  # fmt: skip
+    with zipfile.ZipFile(out, "w") as z:  # the same index as format 1 wrote it: no picture hashes, no finder
+        z.writestr("meta.json", json.dumps(meta))
+        for name, a in (("embeddings.npy", index.embeddings), ("ids.npy", index.ids)):
+            buf = io.BytesIO()
+            np.save(buf, np.array(a))
+            z.writestr(name, buf.getvalue())
     assert MemeIndex.load(out).entries()[0].picture_hash is None
     r = run("index", folder, "--out", out, "--no-progress", check=True)
     assert "3 processed, 0 unchanged" in r.stdout

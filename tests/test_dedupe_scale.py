@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import FERPLUS
 
-from facial_search.index import MemeIndex
+from facial_search.index import EmbedderInfo, MemeIndex
 from facial_search.index.dedupe import DUPLICATE_RULES, face_dhash, merge_duplicates
 from facial_search.index.kernels import group_layout, group_min, grouped_top_k, top_k
 
@@ -220,3 +220,72 @@ def test_grouped_top_k_with_big_groups_and_ties(ferplus_faces):
     got = grouped_top_k(lambda qi, kk: top_k(d[qi], kk), len(q), one, 3)
     np.testing.assert_array_equal(got[1][:, 0], d.argmin(1))
     assert (got[1][:, 1:] == -1).all()
+
+
+# -- incremental: each face's picture found when it is added, kept in the file ----------------------------------
+def _same_partition(a, b) -> bool:
+    a, b = np.asarray(a).tolist(), np.asarray(b).tolist()
+    return len(a) == len(b) and len(set(zip(a, b, strict=True))) == len(set(a)) == len(set(b))
+
+
+def test_the_stored_groups_of_the_real_index_are_merge_duplicates(meme_index):
+    """The index built by ``facial-search index`` found its faces' pictures as they came in; they are the
+    groups :func:`merge_duplicates` finds over all the faces at once (the sample holds the two pairs of
+    test_index.test_duplicate_groups_of_a_real_index)."""
+    index = MemeIndex.load(meme_index)
+    emb, by_source, hashes = _index_inputs(index)
+    want = merge_duplicates(emb, by_source, hashes)
+    assert want.max() < by_source.max()
+    assert _same_partition(index.source_groups(), want)
+
+
+def test_incremental_groups_are_the_all_pairs_ones(ferplus_faces, tmp_path):
+    """3,000 rows spread from 160 real FER+ faces (dense: many pairs within every tier), added in random
+    batches with commits and reopenings between: the groups are the all-pairs partition of the rows (the
+    duplicates found through the band index, joined across batches and across sessions)."""
+    x, groups, hashes = spread(ferplus_faces, 3000, seed=3)
+    want = brute_force(x, groups, hashes)
+    info = EmbedderInfo("test", "1", x.shape[1])
+    path = tmp_path / "g.fsindex"
+    index = MemeIndex(info, path=path)
+    rng = np.random.default_rng(4)
+    start = 0
+    while start < len(x):
+        stop = min(len(x), start + int(rng.integers(1, 700)))
+        index.add(x[start:stop], [{"source": f"/s/{g}.jpg", "face": 0, "box": (0, 0, 1, 1), "title": "t",
+                                   "picture_hash": h} for g, h in zip(groups[start:stop], hashes[start:stop],
+                                                                      strict=True)])  # fmt: skip
+        if rng.random() < 0.5:
+            index.commit()
+        if rng.random() < 0.3:
+            index.commit()
+            index = MemeIndex.load(path)
+        start = stop
+    index.commit()
+    assert _same_partition(index.source_groups(), want)
+    assert _same_partition(MemeIndex.load(path).source_groups(), want)
+
+
+@pytest.mark.parametrize("bands", [3, 4])
+def test_the_band_index_finds_every_pair_within_the_bits(bands):
+    """Multi-index hashing is exact: every pair of hashes within ``max_bits`` differing bits comes out as a
+    candidate, with 4 bands of 16 bits (radius 2) and with 3 of 21-22 (radius 3, what large stores use)."""
+    from facial_search.index.dedupe import BandIndex
+
+    rng = np.random.default_rng(bands)
+    base = rng.integers(0, 2**63, 400, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    near = base.copy()
+    for i in range(len(near)):  # a partner 0..12 bits away
+        for bit in rng.choice(64, int(rng.integers(0, 13)), replace=False):
+            near[i] ^= np.uint64(1) << np.uint64(int(bit))
+    hashes = np.concatenate([base, near])
+    index = BandIndex(10, bands=bands)
+    index.extend(hashes, np.ones(len(hashes), bool), 500)  # a main part, then a delta part
+    index.extend(hashes, np.ones(len(hashes), bool), len(hashes))
+    found = set()
+    for a, b in index.candidates(hashes, np.arange(len(hashes))):
+        found.update(zip(a.tolist(), b.tolist(), strict=True))
+    bits = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    want = {(int(a), int(b)) for a, b in zip(*np.nonzero(bits <= 10), strict=True) if a != b}
+    assert len(index.cuts) == bands and len(want) > 300 and want <= found
+    assert len(found) < len(hashes) ** 2 / 20  # and far from all pairs

@@ -27,23 +27,21 @@ def _as_dict(e) -> dict:
 
 @pytest.fixture(scope="module")
 def real(meme_index):
-    """``(info, embeddings, entries, queries)``: the faces of the session index whose source is a picture of its
-    own (the file backend folds a template saved under two names into one group, which this backend leaves for
-    later), less every 5th source, whose faces are the query vectors (real embeddings, none in the store)."""
+    """``(info, embeddings, entries, queries)``: the faces of the session index, less every 5th source, whose
+    faces are the query vectors (real embeddings, none in the store). The stored faces include a template saved
+    under two names (two sources, one picture), which both backends fold into one group."""
     index = MemeIndex.load(meme_index)
-    groups = index.source_groups()
     rows = index.entries()
-    sources_of_group: dict[int, set] = {}
-    for g, e in zip(groups, rows, strict=True):
-        sources_of_group.setdefault(int(g), set()).add(e.source)
-    single = [len(sources_of_group[int(g)]) == 1 for g in groups]
     sources = sorted({e.source for e in rows})
     held = set(sources[::5])
-    keep = [ok and e.source not in held for ok, e in zip(single, rows, strict=True)]
+    keep = [e.source not in held for e in rows]
     query = [e.source in held for e in rows]
     emb = np.asarray(index.embeddings)
     assert sum(keep) >= 15 and sum(query) >= 4
-    assert sum(single) < len(rows), "the sample holds a picture saved under two names"
+    kept = MemeIndex(index.embedder)
+    kept.add(emb[keep], [_as_dict(e) for e, k in zip(rows, keep, strict=True) if k])
+    by_source = {e.source: int(g) for e, g in zip(kept.entries(), kept.source_groups(), strict=True)}
+    assert len(set(by_source.values())) < len(by_source), "the kept sample holds a picture saved under two names"
     return index.embedder, emb[keep], [_as_dict(e) for e, k in zip(rows, keep, strict=True) if k], emb[query]
 
 
@@ -85,7 +83,8 @@ def test_protocol_and_describe(store, real):
     store.record_file("/memes/a.jpg", FileRecord(10, 20, 0, "no face", "whole+tiles"))
     doc = store.describe()
     assert doc["backend"] == "milvus-lite" and doc["uri"] == store.uri
-    assert (doc["faces"], doc["images"], doc["skipped"]) == (3, 1, 1)
+    assert (doc["faces"], doc["images"], doc["skipped"], doc["pictures"]) == (3, 1, 1, store.pictures)
+    assert 1 <= doc["pictures"] <= 3 and doc["grouping"] == "server" and doc["embedder_version"] == info.version
     assert (doc["embedder"], doc["dim"], doc["index_type"], doc["metric"]) == (info.name, info.dim, "FLAT", "L2")
 
 
@@ -101,18 +100,93 @@ def test_search_equals_the_file_backend(filled, real):
     assert ((finite >= 0) & (finite <= 2)).all()
 
 
-def test_grouped_search_equals_the_file_backend(filled, real):
+@pytest.mark.parametrize("server_grouping", [True, False], ids=["group_by_field", "grouped-here"])
+def test_grouped_search_equals_the_file_backend(filled, real, server_grouping):
+    """Milvus' group_by_field, and the over-fetch grouped here that a server older than 2.4 gets."""
     s, ref = filled
     queries = real[3]
-    n_sources = len({e.source for e in ref.entries()})
-    assert n_sources < ref.ntotal, "some sample meme has several faces"
-    for k in (1, 3, 8, n_sources + 2):
-        got = s.search(queries, k=k, group_by_source=True)
-        _same_results(got, ref.search(queries, k=k, group_by_source=True))
-        for row in got[1]:  # one face per source at most
-            sources = [s.entry(int(i)).source for i in row if i >= 0]
-            assert len(sources) == len(set(sources))
-    assert (s.search(queries, k=n_sources + 2, group_by_source=True)[1][:, -2:] == -1).all()
+    pictures = len(np.unique(ref.source_groups()))
+    assert pictures < len({e.source for e in ref.entries()}) < ref.ntotal, "several faces, a picture twice"
+    assert s.pictures == pictures
+    s.server_grouping = server_grouping
+    try:
+        for k in (1, 3, 8, pictures + 2):
+            got = s.search(queries, k=k, group_by_source=True)
+            _same_results(got, ref.search(queries, k=k, group_by_source=True))
+        assert (got[1][:, -2:] == -1).all() and (got[1][:, :-2] >= 0).all()
+        groups = s.picture_groups()
+        for row in got[1]:  # one face per picture
+            labels = [groups[int(i)] for i in row if i >= 0]
+            assert len(labels) == len(set(labels))
+    finally:
+        s.server_grouping = True
+
+
+def test_picture_groups_are_the_file_backends(filled):
+    """The groups given at add time (a range search per face) are those the file backend finds over all faces."""
+    s, ref = filled
+    groups = s.picture_groups()
+    pairs = {(int(g), groups[int(i)]) for g, i in zip(ref.source_groups(), ref.ids, strict=True)}
+    assert len(pairs) == len({g for g, _ in pairs}) == len({label for _, label in pairs})  # one to one
+
+
+def _three_copies(real):
+    """Faces A, B, C of one picture: A-B 0.03 apart and 8 hash bits (the first duplicate tier), B-C 0.3 apart and
+    5 bits (the third), so A and C (13 bits apart) are one picture only through B."""
+    e = real[1][0].astype(np.float64)
+    rng = np.random.default_rng(1)
+    u, w = rng.normal(size=(2, len(e)))
+    u -= (u @ e) * e
+    u /= np.linalg.norm(u)
+    b = e + 0.03 * u
+    b /= np.linalg.norm(b)
+    w -= (w @ b) * b + (w @ u) * u
+    w /= np.linalg.norm(w)
+    c = b + 0.3 * w
+    c /= np.linalg.norm(c)
+    h = 0x5A5A_1234_9ABC_DEF0
+    hashes = [h, h ^ 0xFF, h ^ 0xFF ^ (0x1F << 8)]
+    emb = np.stack([e, b, c]).astype(np.float32)
+    entries = [{"source": f"/memes/{n}.jpg", "face": 0, "box": (0, 0, 48, 48), "title": n, "picture_hash": f"{v:016x}"}
+               for n, v in zip("ABC", hashes, strict=True)]  # fmt: skip
+    return emb, entries
+
+
+def test_a_face_that_links_two_pictures_joins_them(store, real):
+    emb, entries = _three_copies(real)
+    a, b, c = 0, 1, 2
+    ids = [int(store.add(emb[[i]], [entries[i]])[0]) for i in (a, c)]
+    assert store.pictures == 2  # A and C alone are two pictures
+    ids.append(int(store.add(emb[[b]], [entries[b]])[0]))  # B is a copy of each: one picture
+    groups = store.picture_groups()
+    assert store.pictures == 1 and len({groups[i] for i in ids}) == 1
+    d, i = store.search(emb[[a]], k=3, group_by_source=True)
+    assert i[0].tolist() == [ids[0], -1, -1]
+    assert len(store.search(emb[[a]], k=3)[1][0]) == 3
+    other = {**entries[a], "source": "/memes/no-hash.jpg", "picture_hash": None}
+    store.add(emb[[a]], [other])  # the same embedding without a picture hash joins nothing
+    more = {**entries[c], "face": 1}
+    store.add(-emb[[a]], [more])  # another face of C's file, far from every other: C's picture
+    assert store.pictures == 2
+
+
+def test_known_groups_are_stored_as_given(store, real):
+    emb, entries = _three_copies(real)
+    for bad in (["#1", "#1"], ["", "#1", "#1"], ['a"b', "#1", "#1"], ["50%", "#1", "#1"]):
+        with pytest.raises(ValueError, match="group"):
+            store.add(emb, entries, groups=bad)
+    ids = store.add(emb, entries, groups=["#7", "#7", "#9"])  # no duplicate search: B and C stay apart
+    assert [store.picture_groups()[int(i)] for i in ids] == ["#7", "#7", "#9"] and store.pictures == 2
+
+
+def test_copies_added_in_one_call_are_one_picture(store, real):
+    emb, entries = _three_copies(real)
+    order = [0, 2, 1]
+    ids = store.add(emb[order], [entries[i] for i in order])
+    assert store.pictures == 1 and len(set(store.picture_groups().values())) == 1
+    assert store.search(emb[[2]], k=2, group_by_source=True)[1][0].tolist() == [ids[1], -1]
+    with pytest.raises(ValueError, match="picture_hash"):
+        store.add(emb[:1], [{**entries[0], "picture_hash": "xyz"}])
 
 
 def test_entries_and_embeddings_round_trip(filled):

@@ -135,7 +135,8 @@ def test_meme_index_conforms_to_the_store_protocol(tmp_path):
     store.commit()
     d = store.describe()
     assert d == {"backend": "file (exact)", "uri": str(p), "faces": 2, "pictures": 1, "images": 2, "skipped": 1,
-                 "embedder": "test", "embedder_version": "1", "dim": 8, "format_version": 2}  # fmt: skip
+                 "embedder": "test", "embedder_version": "1", "dim": 8, "format_version": 3, "ann": None,
+                 "segments": 0}  # fmt: skip
     with store as same:
         assert same is store
     with pytest.raises(KeyError):
@@ -206,3 +207,15 @@ def test_cli_index_search_info_with_a_file_uri(sample_memes, tmp_path):
     assert len(matches) == min(3, doc["pictures"]) and matches[0]["distance"] <= matches[-1]["distance"]
     r = subprocess.run([*CLI, "info", "s3://x/y", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "unknown index URI scheme" in r.stderr
+
+
+def test_the_ann_setting_is_checked(tmp_path):
+    from facial_search.errors import OptionError
+    from facial_search.index.ann import HNSWParams
+
+    with pytest.raises(OptionError, match="ann: must be None, 'exact' or HNSWParams"):
+        fsi.open(tmp_path / "x.fsindex", create=True, embedder=INFO, ann="fast")
+    with pytest.raises(OptionError, match="file stores only"):
+        fsi.open(f"milvus-lite://{tmp_path / 'm.db'}", create=True, embedder=INFO, ann=HNSWParams())
+    with fsi.open(tmp_path / "x.fsindex", create=True, embedder=INFO, ann=HNSWParams(M=4)) as store:
+        assert store.describe()["backend"] == "file (hnsw)" and store.describe()["ann"]["M"] == 4

@@ -15,12 +15,28 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="index to create or update: a file (memes.fsindex, file://...), milvus-lite://PATH.db or "
                    "milvus://HOST:PORT/COLLECTION")  # fmt: skip
     s.add_argument("--titles", metavar="CSV", help="sidecar CSV with columns file,title (e.g. imgflip.csv)")
-    s.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes, or Ray actors with --executor ray (default: one per core; on a Ray "
+                   "cluster, its CPUs)")  # fmt: skip
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--no-tiles", action="store_true",
                    help="no second look in tiles where the whole image shows no face (faster)")  # fmt: skip
     s.add_argument("--checkpoint-seconds", type=float, default=15.0, metavar="S",
                    help="save the index atomically at least this often while indexing (default 15)")  # fmt: skip
+    s.add_argument("--executor", choices=("process", "ray"), default="process",
+                   help="where the images are processed: local worker processes (default) or a Ray cluster "
+                   "(needs pip install 'facial-search[ray]')")  # fmt: skip
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="with --executor ray: the cluster (auto, HOST:PORT or ray://HOST:PORT; default: start a "
+                   "local Ray with --workers CPUs)")  # fmt: skip
+    s.add_argument("--ann", choices=("exact", "hnsw"),
+                   help="file stores: search exactly, or through HNSW graphs (recorded in the index; default: keep "
+                   "the index's setting, exact for a new one)")  # fmt: skip
+    s.add_argument("--hnsw-m", type=int, metavar="M", help="with --ann hnsw: links per node (HNSW M; default 16)")
+    s.add_argument("--hnsw-ef-construction", type=int, metavar="N",
+                   help="with --ann hnsw: candidates kept while linking (efConstruction; default 80)")  # fmt: skip
+    s.add_argument("--hnsw-ef-search", type=int, metavar="N",
+                   help="with --ann hnsw: candidates kept while searching (efSearch; default 128)")  # fmt: skip
     add_model_options(s)
     s.set_defaults(func=run)
     return s
@@ -31,13 +47,32 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least(args.workers, "--workers")
     check_above(args.checkpoint_seconds, "--checkpoint-seconds")
+    if args.ray_address is not None and args.executor != "ray":
+        from facial_search.errors import OptionError
+
+        raise OptionError("--ray-address: needs --executor ray")
     _store, report = build_index(
         args.inputs, args.out, titles=args.titles, embedder=args.embedder, model_path=args.model,
         workers=args.workers, progress=not args.no_progress, checkpoint_seconds=args.checkpoint_seconds,
-        tiles=not args.no_tiles,
+        tiles=not args.no_tiles, executor=args.executor, ray_address=args.ray_address, ann=_ann(args),
     )  # fmt: skip
     _print_index_summary(report, args.out)
     return 0
+
+
+def _ann(args: argparse.Namespace):
+    """``build_index``'s ``ann`` from ``--ann`` and the ``--hnsw-*`` options (OptionError for a bad mix)."""
+    from facial_search.errors import OptionError
+
+    given = {k: v for k, v in (("M", args.hnsw_m), ("ef_construction", args.hnsw_ef_construction),
+                               ("ef_search", args.hnsw_ef_search)) if v is not None}  # fmt: skip
+    if args.ann != "hnsw":
+        if given:
+            raise OptionError("--hnsw-m, --hnsw-ef-construction, --hnsw-ef-search: need --ann hnsw")
+        return args.ann
+    from facial_search.index.ann import HNSWParams
+
+    return HNSWParams(**given)
 
 
 def _print_index_summary(report, out) -> None:

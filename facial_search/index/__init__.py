@@ -1,7 +1,8 @@
 """The meme index: one store interface (:mod:`.base`: :class:`Store`) opened by URI (:func:`open`), the default
-file store (:mod:`.store`: :class:`MemeIndex`, exact search through FAISS, save/load), the Milvus store
-(:mod:`.milvus`, imported only for a ``milvus-lite://`` or ``milvus://`` URI), the search kernels
-(:mod:`.kernels`), the file format and its checks (:mod:`.fileformat`), the writer lock (:mod:`.lock`),
+file store (:mod:`.store`: :class:`MemeIndex`, exact search through FAISS or HNSW segments (:mod:`.segments`,
+:mod:`.ann`), its columns (:mod:`.table`), commits appended to one file), the Milvus store (:mod:`.milvus`,
+imported only for a ``milvus-lite://`` or ``milvus://`` URI), the search kernels (:mod:`.kernels`), the file
+format and its checks (:mod:`.fileformat`; versions 1-2: :mod:`.zipformat`), the writer lock (:mod:`.lock`),
 duplicate pictures (:mod:`.dedupe`).
 
 >>> import numpy as np

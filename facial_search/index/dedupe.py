@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from itertools import combinations, product
 from math import comb
 
-import cv2
 import numpy as np
 
 #: When two faces are one picture: ``(distance, max_hamming)`` tiers, a pair joins when it meets any one --
@@ -51,6 +50,8 @@ def face_dhash(rgb: np.ndarray, box: tuple[int, int, int, int]) -> str:
     Returns:
         16 lowercase hex digits (64 bits); stable under scaling and JPEG re-encoding of the picture.
     """
+    import cv2
+
     h, w = rgb.shape[:2]
     x, y, bw, bh = box
     x0, y0 = min(max(0, x), w - 1), min(max(0, y), h - 1)
@@ -214,3 +215,238 @@ def merge_duplicates(
                 parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([root(int(g)) for g in groups], dtype=np.int64)
     return np.unique(roots, return_inverse=True)[1].astype(np.int64)
+
+
+# -- incremental: each new face's picture at add time ---------------------------------------------------------
+_PAIR_BATCH = 1 << 21  # candidate pairs handled at once (~30 bytes each)
+_KEY_BATCH = 1 << 20  # bucket look-ups at once
+
+
+def _masks(width: int, radius: int) -> np.ndarray:
+    """Every ``width``-bit value with at most ``radius`` bits set (XOR masks of a Hamming ball)."""
+    out = [0]
+    for r in range(1, radius + 1):
+        out += [sum(1 << b for b in c) for c in combinations(range(width), r)]
+    return np.array(out, dtype=np.int64)
+
+
+def band_plan(n: int, max_bits: int) -> int:
+    """How many bands :class:`BandIndex` cuts the 64 bits into for ``n`` rows: 4 of 16 bits (radius
+    ``max_bits // 4``: 137 look-ups a band at 10 bits, buckets of ~n / 65,536), or from 2M rows 3 of 21-22
+    bits (radius ``max_bits // 3``: ~1,700 look-ups a band at 10 bits, buckets 32 times smaller). Measured
+    (``benchmarks/bench_scale.py`` data, 10,000 new rows against 1M, 2-core AMD EPYC): 2.9 s with 4 bands,
+    3.25 s with 3; the look-ups cost what the smaller buckets save until about 2M rows."""
+    return 3 if n >= 2_000_000 and max_bits // 3 <= 3 else 4
+
+
+class _Tables:
+    """Rows bucketed by each hash band: per band, the rows sorted by the band's value and each value's first
+    position (a direct-address table of 2^width + 1 offsets)."""
+
+    def __init__(self, rows: np.ndarray, hashes: np.ndarray, cuts: list[tuple[int, int]]):
+        self.bands = []
+        for shift, width in cuts:
+            v = _band(hashes[rows], shift, width)
+            order = np.argsort(v, kind="stable")
+            starts = np.zeros((1 << width) + 1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
+            np.cumsum(np.bincount(v, minlength=1 << width), out=starts[1:])
+            self.bands.append((rows[order].astype(np.int32 if len(rows) < 2**31 else np.int64), starts))
+
+
+def _band(h: np.ndarray, shift: int, width: int) -> np.ndarray:
+    return ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int32)
+
+
+class BandIndex:
+    """The rows that have a picture hash, found by hash within ``max_bits`` differing bits without looking at
+    all of them: multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012). The 64 bits are cut into m bands
+    (:func:`band_plan`); two hashes within ``max_bits`` bits differ in at most ``max_bits // m`` bits of one
+    band (pigeonhole), so looking up every band's buckets within that many bits of a query's band finds all of
+    them (and more, which the caller checks). The buckets are sorted arrays: a main part, rebuilt when the rows
+    added since pass a quarter of it (with the band count for its size), and a small part of those rows,
+    rebuilt at each :meth:`extend` (``bands``: always that many). Memory ~4 bytes a row per band plus the offset tables (16 MB a band of 22
+    bits), built by a writer only."""
+
+    def __init__(self, max_bits: int, bands: int | None = None):
+        self.max_bits = max_bits
+        self.bands = bands  # None: by size (band_plan)
+        self.upto = 0
+        self.main: _Tables | None = None
+        self.delta: _Tables | None = None
+        self.main_end = 0
+        self._plan(bands or 4)
+
+    def _plan(self, m: int) -> None:
+        edges = [round(64 * i / m) for i in range(m + 1)]
+        self.cuts = [(edges[i], edges[i + 1] - edges[i]) for i in range(m)]
+        self.masks = [_masks(w, self.max_bits // m) for _, w in self.cuts]
+
+    def extend(self, hashes: np.ndarray, has: np.ndarray, upto: int) -> None:
+        """Take in rows ``[self.upto, upto)`` (those with ``has``)."""
+        if upto <= self.upto:
+            return
+        if self.main is None or upto - self.main_end > max(1 << 16, self.main_end // 4):
+            self._plan(self.bands or band_plan(upto, self.max_bits))
+            self.main, self.delta, self.main_end = _Tables(np.flatnonzero(has[:upto]), hashes, self.cuts), None, upto
+        else:
+            self.delta = _Tables(self.main_end + np.flatnonzero(has[self.main_end : upto]), hashes, self.cuts)
+        self.upto = upto
+
+    def candidates(self, hashes: np.ndarray, queries: np.ndarray):
+        """Yield ``(q, c)`` row pairs, a query and a row that shares a band within the radius (each pair of
+        rows within ``max_bits`` bits at least once; some more than once, and some farther)."""
+        for b, (shift, width) in enumerate(self.cuts):
+            masks = self.masks[b]
+            step = max(1, _KEY_BATCH // len(masks))
+            vals = _band(hashes[queries], shift, width)
+            for start in range(0, len(queries), step):
+                q, v = queries[start : start + step], vals[start : start + step]
+                keys = (v[:, None] ^ masks[None, :].astype(np.int32)).ravel()
+                for tables in (self.main, self.delta):
+                    if tables is None:
+                        continue
+                    rows, starts = tables.bands[b]
+                    lo = starts[keys]
+                    count = starts[keys + 1] - lo
+                    hit = np.flatnonzero(count)
+                    if not len(hit):
+                        continue
+                    lo, count, qrep = lo[hit], count[hit], q[hit // len(masks)]
+                    ends = np.cumsum(count, dtype=np.int64)
+                    cuts = np.searchsorted(ends, np.arange(_PAIR_BATCH, int(ends[-1]), _PAIR_BATCH), side="right")
+                    for piece in np.split(np.arange(len(hit)), cuts) if len(cuts) else (slice(None),):
+                        cl, cc = lo[piece], count[piece]
+                        first = np.cumsum(cc, dtype=np.int64) - cc
+                        at = np.repeat(cl.astype(np.int64) - first, cc) + np.arange(int(first[-1] + cc[-1]))
+                        yield np.repeat(qrep[piece], cc), rows[at]
+
+
+def _roots(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
+    r = parent[x]
+    while True:
+        up = parent[r]
+        if np.array_equal(up, r):
+            return r
+        r = up
+
+
+class PictureGroups:
+    """Picture groups that grow with the rows: a union-find over group *labels* (a row's picture is the root
+    of its label), joined as faces come in.
+
+    The store gives each new row the label of its source's rows (a new label for a new source), then
+    :meth:`join_duplicates` joins the labels of every pair of a new row and any live row that are one picture
+    by ``rules`` (:data:`DUPLICATE_RULES`), found through a :class:`BandIndex`: the same pairs
+    :func:`merge_duplicates` finds over all rows at once, so the groups are the same as its (for rows added and
+    never removed: a removal does not split a group). Cost: the candidate pairs of the new rows only.
+
+    Args:
+        rules: ``(distance, max_hamming)`` tiers.
+    """
+
+    def __init__(self, rules: Sequence[tuple[float, int]] = DUPLICATE_RULES):
+        self.rules = tuple((float(d), int(h)) for d, h in rules)
+        self.max_bits = max((h for _, h in self.rules), default=0)
+        self.parent = np.zeros(0, dtype=np.int64)
+        self.index: BandIndex | None = None
+
+    def reset_index(self) -> None:
+        """Forget the band index (rows moved: it is rebuilt at the next join)."""
+        self.index = None
+
+    def new_labels(self, count: int) -> np.ndarray:
+        """``count`` new labels, each its own root; returns them."""
+        first = len(self.parent)
+        self.parent = np.concatenate([self.parent, np.arange(first, first + count, dtype=np.int64)])
+        return np.arange(first, first + count, dtype=np.int64)
+
+    def set_labels(self, next_group: int, merges: np.ndarray) -> None:
+        """Labels 0..next_group-1, joined by the ``(m, 2)`` label pairs ``merges`` (as a file records them)."""
+        self.parent = np.arange(next_group, dtype=np.int64)
+        self.union(merges)
+
+    def roots(self, labels: np.ndarray) -> np.ndarray:
+        return self.parent[np.asarray(labels, dtype=np.int64)]
+
+    def union(self, pairs: np.ndarray) -> np.ndarray:
+        """Join the labels of each pair ``(m, 2)``; returns the root pairs that were apart (what to record: a
+        replay of them gives the same groups). The parent array is left flat (every label's parent a root)."""
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if not len(pairs):
+            return np.zeros((0, 2), dtype=np.int64)
+        p = self.parent
+        ra, rb = _roots(p, pairs[:, 0]), _roots(p, pairs[:, 1])
+        apart = ra != rb
+        joined = np.unique(np.stack([np.minimum(ra, rb), np.maximum(ra, rb)], 1)[apart], axis=0)
+        a, b = joined[:, 0], joined[:, 1]
+        while len(a):
+            ra, rb = _roots(p, a), _roots(p, b)
+            keep = ra != rb
+            ra, rb = ra[keep], rb[keep]
+            if not len(ra):
+                break
+            np.minimum.at(p, np.maximum(ra, rb), np.minimum(ra, rb))  # hook the higher root under the lower
+            a, b = ra, rb
+        p[:] = _roots(p, np.arange(len(p)))
+        return joined
+
+    def join_duplicates(
+        self,
+        embeddings: np.ndarray,
+        hashes: np.ndarray,
+        has: np.ndarray,
+        live: np.ndarray,
+        labels: np.ndarray,
+        new_rows: np.ndarray,
+    ) -> np.ndarray:
+        """Join the labels of the rows ``new_rows`` with those of the live rows that hold the same picture
+        (the band index takes in every row below ``len(embeddings)`` first, so new rows meet each other too).
+        When the new rows are at least as many as the others (a first build, a converted file), the pairs are
+        found by :func:`merge_duplicates` over all rows at once instead (the same pairs, faster in bulk).
+
+        Args:
+            embeddings: ``(N, D) float32`` unit-norm (or zero) rows; hashes ``(N,) uint64``; has, live
+                ``(N,) bool``; labels ``(N,) int64`` every row's label.
+            new_rows: ``(k,) int64`` the rows to look up.
+
+        Returns:
+            the root pairs joined (see :meth:`union`).
+        """
+        n = len(embeddings)
+        q = np.asarray(new_rows, dtype=np.int64)
+        q = q[has[q] & live[q]]
+        if not len(q) or not self.rules:
+            return np.zeros((0, 2), dtype=np.int64)
+        if 2 * len(q) >= n:
+            return self._join_all(embeddings, hashes, has & live, labels)
+        if self.index is None:
+            self.index = BandIndex(self.max_bits)
+        self.index.extend(hashes, has, n)
+        found = []
+        for a, b in self.index.candidates(hashes, q):
+            bits = np.bitwise_count(hashes[a] ^ hashes[b])
+            keep = (bits <= self.max_bits) & (a != b)
+            a, b, bits = a[keep], b[keep], bits[keep]
+            keep = live[b]
+            a, b, bits = a[keep], b[keep], bits[keep]
+            if not len(a):
+                continue
+            sq = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", embeddings[a], embeddings[b]), 0.0)  # as merge_duplicates
+            join = np.zeros(len(a), dtype=bool)
+            for distance, max_hamming in self.rules:
+                join |= (sq < distance * distance) & (bits <= max_hamming)
+            if join.any():
+                found.append(np.stack([labels[a[join]], labels[b[join]]], 1))
+        return self.union(np.concatenate(found)) if found else np.zeros((0, 2), dtype=np.int64)
+
+    def _join_all(self, embeddings, hashes, use, labels) -> np.ndarray:
+        """:func:`merge_duplicates` over the rows ``use``, its groups joined into the labels."""
+        rows = np.flatnonzero(use)
+        roots = self.roots(labels[rows])
+        start, dense = np.unique(roots, return_inverse=True)
+        hex_hashes = [f"{int(h):016x}" for h in hashes[rows].tolist()]
+        merged = merge_duplicates(embeddings[rows], dense, hex_hashes, self.rules)
+        first = np.full(int(merged.max()) + 1, -1, dtype=np.int64)
+        first[merged[::-1]] = start[dense[::-1]]  # a label of each merged group
+        pairs = np.stack([start[dense], first[merged]], 1)
+        return self.union(pairs[pairs[:, 0] != pairs[:, 1]])

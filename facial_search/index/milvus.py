@@ -13,14 +13,51 @@ A store named C is three collections:
 - ``C``: one row per face. ``id`` INT64 primary key (ours, not auto_id: taken from a persistent ``next_id``, so
   an id is never reused after removal), ``embedding`` FLOAT_VECTOR (D = the embedder's dimension), ``source``
   VARCHAR, ``face`` INT64, ``box`` ARRAY<INT64>[4] (x, y, w, h in pixels), ``title`` VARCHAR, ``picture_hash``
-  VARCHAR (nullable), ``group`` VARCHAR: the picture group a grouping search folds on. For now the group is the
-  source, so one picture = one source file; folding one template saved under two names into one group (what
-  the file backend's :func:`facial_search.index.dedupe.merge_duplicates` does) is left for later.
-  Vector index: ``FLAT`` with metric ``L2`` (exact on Lite and on a server: results equal the file backend's).
+  VARCHAR (the face's 64-bit dHash as 16 hex digits, ``""`` for none), ``group`` VARCHAR: the picture the face
+  belongs to, which a grouping search folds on (see *Pictures* below).
+  Vector index: ``FLAT`` with metric ``L2``, on Milvus Lite and on a server: exact, so results equal the file
+  backend's; a search takes time linear in the faces (at 100,000: 28-59 ms on a Milvus 2.3.5 server, 81-118 ms
+  on Milvus Lite, FAISS flat 2-24 ms in the same runs; ``benchmarks/bench_milvus.py``). Past about a million
+  faces a server wants an ANN index (HNSW), which this store does not offer yet; Milvus Lite's cost per
+  request (100-250 ms at 100,000 faces) stayed about the same with HNSW in a trial, so Lite is for small stores.
 - ``C_files``: one row per processed source file (:class:`~facial_search.index.store.FileRecord`), keyed by
   source.
 - ``C_meta``: one row, ``{"format", "version", "embedder": {name, version, dim}, "next_id"}`` as JSON; its
   presence marks a complete store, and reopening checks the embedder against it.
+
+No field is nullable (Milvus has nullable fields from 2.5 on; a 2.3 or 2.4 server refuses them): ``""`` stands
+for "none" in ``picture_hash`` and in the files' ``skipped`` and ``finder`` (a store written by the first
+release, with nullable fields and nulls, reads the same).
+
+*Pictures.* A face's group is decided when it is added, never by comparing all pairs: the faces of one source
+file share a group, and a face joins the group of every stored face that is the same picture by
+:data:`facial_search.index.dedupe.DUPLICATE_RULES` (embedding distance under a tier's ``distance`` and at most
+its ``max_hamming`` dHash bits apart), so one template saved under two names is one group, as in the file
+backend (the same groups on the tests' memes). The candidates of a new face are the nearest
+:data:`DUPLICATE_CANDIDATES` stored faces with a picture hash within the largest tier distance (a range search
+on a server; on Milvus Lite a plain search, the radius applied here) and the other faces of the same
+:meth:`~MilvusStore.add` call. Where a face joins several existing groups, all but one (an existing group
+before a new one, then the label that sorts first) are relabelled: an upsert of their rows (duplicates are
+rare, so is this). The cost is one search per added face: linear in the store's size with the FLAT index,
+sublinear with an ANN index; a region denser than ``DUPLICATE_CANDIDATES`` faces within the radius can hide a
+duplicate of the loosest tier (5,000 faces added to 100,000 synthetic ones made dense on purpose,
+``benchmarks/bench_milvus.py``: 0.7% more pictures than the file backend's merge over all faces finds with 64
+candidates, 0.2% with 256, at 0.6 times the speed). A new
+group's label is ``#`` and the id of its first face (ids are never reused, so neither are labels; a
+first-release store keeps the escaped source as its groups' labels). Removing a file leaves the groups of the
+others as they are, even where it was the only link between two of them.
+
+*Grouping search.* Milvus' ``group_by_field`` (Milvus 2.4 and later, and Milvus Lite) on ``group``, one face per
+group. A server older than 2.4 ignores ``group_by_field`` without an error (Milvus 2.3.5 returns plain hits),
+so the server's version is asked when the store is opened (:attr:`MilvusStore.server_grouping`) and an older
+one is searched plainly with an over-fetch and grouped here: a plain top-k' (k' = 4k, then 4 times more) with
+each face's group, keeping each group's nearest face, until k groups are nearer than the k'-th face (then the
+answer is exact, as :func:`facial_search.index.kernels.grouped_top_k` does for the file store) or k' reaches
+Milvus' largest top-k (16,384 faces; beyond it, a query gets the groups found so far, padded with ``-1``).
+
+Tested against Milvus Lite 3.2 and a Milvus 2.3.5 standalone server (the PyPI package ``milvus``, the newest
+build there), with pymilvus 3.0 as the client: insert, upsert, delete by ids, query and ``count(*)``, query
+iterators, range searches, Session and Strong consistency, flush.
 
 Milvus VARCHAR holds valid UTF-8 only, but a file name need not be (Python gives such names as str with
 surrogate escapes, ``b"caf\\xe9.jpg"`` -> ``"caf\\udce9.jpg"``): text fields are stored percent-escaped
@@ -28,9 +65,14 @@ surrogate escapes, ``b"caf\\xe9.jpg"`` -> ``"caf\\udce9.jpg"``): text fields are
 ``%uXXXX``), which is reversible, so :meth:`MilvusStore.entry` gives back the exact str, and which keeps
 filter expressions free of quoting problems.
 
-Searches are ``consistency_level="Strong"``: a search right after :meth:`MilvusStore.add` sees the new faces.
-The store assumes one writer at a time (Milvus has no transactions; two processes adding to one collection
-could take the same ids).
+Reads are ``consistency_level="Session"`` (:data:`READ_CONSISTENCY`): a process sees its own writes at once (a
+search right after :meth:`MilvusStore.add` finds the new faces), and another process's within Milvus' time tick
+(200 ms by default); opening a store reads its meta record and files with ``"Strong"``. On a server, a
+``"Strong"`` request waits for the next time tick: measured on Milvus 2.3.5, 200 ms a search or query against
+2-6 ms (``benchmarks/bench_milvus.py``); a ``"Session"`` one waits only right after this client wrote to the
+collection (so indexing into a server waits about one tick per file: its duplicate search must see the file
+before). Deletes are by primary key (a delete by filter waits a tick on a server too). The store assumes one
+writer at a time (Milvus has no transactions; two processes adding to one collection could take the same ids).
 """
 
 from __future__ import annotations
@@ -57,6 +99,7 @@ from facial_search.errors import (
     OptionError,
     OutputError,
 )
+from facial_search.index.dedupe import DUPLICATE_RULES
 from facial_search.index.store import MAX_K, EmbedderInfo, Entry, FileRecord
 
 #: ``format`` and ``version`` recorded in a store's meta collection.
@@ -67,6 +110,18 @@ INDEX_TYPE = "FLAT"
 METRIC = "L2"
 _TEXT_MAX = 65_535  # bytes, Milvus' largest VARCHAR
 _BATCH = 5_000  # rows per insert / ids per delete
+_ADD_BATCH = 2_048  # faces given their groups together (a range search each, and their pairs among themselves)
+_SEARCH_LIMIT = 16_384  # Milvus' largest top-k (limit) of a search
+# queries per duplicate-candidate search: Milvus Lite's cost per request grows with the store (~150-300 ms at
+# 100,000 faces) and per query with many queries at once; 50-64 a request was the fastest (bench_milvus.py)
+_CANDIDATE_STEP = 64
+#: How many of the nearest stored faces within the loosest duplicate tier's distance are checked for each added
+#: face (:data:`facial_search.index.dedupe.DUPLICATE_RULES`).
+DUPLICATE_CANDIDATES = 64
+_GROUP_BY_SINCE = (2, 4)  # the first Milvus server release with search group_by_field
+_VERSION = re.compile(r"(\d+)\.(\d+)")
+#: The consistency level of every read but those when opening (``"Strong"``): see the module's docstring.
+READ_CONSISTENCY = "Session"
 _ITER_BATCH = 5_000  # rows per query_iterator page (a query returns at most 16,384 rows on a server)
 _COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 
@@ -114,8 +169,39 @@ def unescape_text(s: str) -> str:
 
 
 def _literal(s: str) -> str:
-    """An escaped text as a Milvus filter string literal (escaped text holds no quote or backslash)."""
+    """A text as a Milvus filter string literal of its escaped form (escaped text holds no quote or backslash)."""
     return f'"{escape_text(s)}"'
+
+
+def _literal_raw(stored: str) -> str:
+    """A value as stored (already escaped: a group label) as a Milvus filter string literal."""
+    return f'"{stored}"'
+
+
+_HASH = re.compile(r"[0-9a-fA-F]{16}")
+
+
+def _same_picture(distance: float, hamming: int) -> bool:
+    """Whether two faces this far apart (Euclidean) with this many differing dHash bits are one picture
+    (:data:`~facial_search.index.dedupe.DUPLICATE_RULES`)."""
+    return any(distance < d and hamming <= bits for d, bits in DUPLICATE_RULES)
+
+
+def _batch_pairs(emb: np.ndarray, bits: np.ndarray, radius: float) -> Iterator[tuple[int, int]]:
+    """The pairs ``(a, b)``, a < b, of rows of ``emb`` ``(n, D)`` (unit-norm; ``bits``: their ``(n,) uint64``
+    dHashes) that are one picture by :func:`_same_picture` (n is at most ``_ADD_BATCH``: all pairs of one call)."""
+    if len(emb) < 2:
+        return
+    sq = np.maximum(2.0 - 2.0 * (emb @ emb.T), 0.0)
+    a, b = np.nonzero(np.triu(sq < radius * radius, 1))
+    if not len(a):
+        return
+    dist = np.sqrt(sq[a, b])
+    ham = np.bitwise_count(bits[a] ^ bits[b])
+    ok = np.zeros(len(a), dtype=bool)
+    for d, max_bits in DUPLICATE_RULES:
+        ok |= (dist < d) & (ham <= max_bits)
+    yield from zip(a[ok].tolist(), b[ok].tolist(), strict=True)
 
 
 def parse_uri(uri: str) -> tuple[str, str, str]:
@@ -156,15 +242,20 @@ class MilvusStore:
 
     Open it with :meth:`open`. Attributes: ``uri`` (as given), ``embedder``
     (:class:`~facial_search.index.store.EmbedderInfo`), ``next_id`` (the id the next added face gets),
-    ``backend`` (``"milvus-lite"`` or ``"milvus"``), ``collection``.
+    ``backend`` (``"milvus-lite"`` or ``"milvus"``), ``collection``, ``server_version`` (as the server gives
+    it, e.g. ``"v2.3.5-lite"`` or ``"milvus_lite-3.2.2"``), ``server_grouping`` (``True`` where the server groups
+    a search itself with ``group_by_field``: Milvus Lite, Milvus 2.4 and later; else the grouping is done here).
     """
 
-    def __init__(self, uri: str, backend: str, client, collection: str, embedder: EmbedderInfo, next_id: int):
+    def __init__(self, uri: str, backend: str, client, collection: str, embedder: EmbedderInfo, next_id: int,
+                 server_version: str = "", server_grouping: bool = True):  # fmt: skip
         self.uri = uri
         self.backend = backend
         self.collection = collection
         self.embedder = embedder
         self.next_id = next_id
+        self.server_version = server_version
+        self.server_grouping = server_grouping
         self._client = client
         self._files: dict[str, FileRecord] = {}
 
@@ -244,9 +335,11 @@ class MilvusStore:
         missing = {collection, f"{collection}_files"} - set(client.list_collections())
         if missing:
             raise IndexFormatError(f"{uri}: store is incomplete (missing {', '.join(sorted(missing))})")
-        store = cls(uri, backend, client, collection, info, next_id)
-        store._files = {unescape_text(r["source"]): _file_record(r) for r in store._iterate(
-            f"{collection}_files", ["source", "size", "mtime_ns", "faces", "skipped", "finder"])}  # fmt: skip
+        version = str(client.get_server_version())
+        store = cls(uri, backend, client, collection, info, next_id, version, _groups_itself(backend, version))
+        fields = ["source", "size", "mtime_ns", "faces", "skipped", "finder"]
+        rows = store._iterate(f"{collection}_files", fields, "", "Strong")
+        store._files = {unescape_text(r["source"]): _file_record(r) for r in rows}
         return store
 
     # -- size and access ---------------------------------------------------------------------------------------
@@ -255,7 +348,7 @@ class MilvusStore:
         """Faces in the store (a strong-consistency count)."""
         with _backend_errors(self.uri):
             rows = self._client.query(
-                self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+                self.collection, filter="", output_fields=["count(*)"], consistency_level=READ_CONSISTENCY
             )
         return int(rows[0]["count(*)"])
 
@@ -276,7 +369,7 @@ class MilvusStore:
         """The entry with this id; ``KeyError`` if there is none."""
         with _backend_errors(self.uri):
             rows = self._client.query(self.collection, filter=f"id == {int(id)}", output_fields=_ENTRY_FIELDS,
-                                      consistency_level="Strong")  # fmt: skip
+                                      consistency_level=READ_CONSISTENCY)  # fmt: skip
         if not rows:
             raise KeyError(id)
         return _entry(rows[0])
@@ -299,16 +392,24 @@ class MilvusStore:
         return np.stack([got[i] for i in ids]) if ids else np.zeros((0, self.embedder.dim), np.float32)
 
     # -- mutation -------------------------------------------------------------------------------------------
-    def add(self, embeddings: np.ndarray, entries: list[dict]) -> np.ndarray:
-        """Add faces; returns their new ids ``(n,) int64`` (never reused, even after removal or a crash).
+    def add(self, embeddings: np.ndarray, entries: list[dict], *, groups: list[str] | None = None) -> np.ndarray:
+        """Add faces; returns their new ids ``(n,) int64`` (never reused, even after removal or a crash). Each face
+        gets its picture group (the module's *Pictures*): its source's, joined with those of the stored faces
+        and the faces of this call that are the same picture.
 
         Args:
             embeddings: ``(n, D) float32`` unit-norm rows, D = the embedder's dimension.
-            entries: n dicts with ``source``, ``face``, ``box`` (x, y, w, h), ``title``, optionally ``picture_hash``.
+            entries: n dicts with ``source``, ``face``, ``box`` (x, y, w, h), ``title``, optionally
+                ``picture_hash`` (:func:`~facial_search.index.dedupe.face_dhash`: 16 hex digits, or ``None``).
+            groups: the n faces' group labels when the caller knows them already (a bulk copy of another
+                store whose pictures were grouped, e.g. a file index's :meth:`MemeIndex.source_groups` as
+                ``"#<number>"``): stored as given, without the duplicate search; the caller answers for them
+                (faces of one source in one group, labels apart from the store's others).
 
         Raises:
-            ValueError: as many embeddings as entries not given, or rows of another dimension, or a box that is
-                not four numbers. IndexBackendError: Milvus fails.
+            ValueError: as many embeddings as entries (and groups) not given, or rows of another dimension, or a
+                box that is not four numbers, or a picture hash that is not 16 hex digits, or a group label that
+                is empty or holds a quote or backslash. IndexBackendError: Milvus fails.
         """
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.embedder.dim:
@@ -318,19 +419,116 @@ class MilvusStore:
         parsed = [Entry.from_dict(0, e) for e in entries]
         if any(len(e.box) != 4 for e in parsed):
             raise ValueError("every box must be (x, y, w, h)")
+        for e in parsed:
+            if e.picture_hash is not None and not _HASH.fullmatch(e.picture_hash):
+                raise ValueError(f"picture_hash must be 16 hex digits or None (got {e.picture_hash!r})")
+        if groups is not None:
+            groups = [str(g) for g in groups]
+            if len(groups) != len(parsed):
+                raise ValueError(f"{len(parsed)} entries but {len(groups)} groups")
+            if any(not g or escape_text(g) != g for g in groups):
+                raise ValueError("a group label must be non-empty text without quotes, backslashes, % or controls")
         ids = np.arange(self.next_id, self.next_id + len(parsed), dtype=np.int64)
         if not len(ids):
             return ids
         with _backend_errors(self.uri):
             self._write_meta(self.next_id + len(ids))  # ids taken before the rows land: never given out twice
-            rows = [
-                {"id": int(i), "embedding": v, "source": escape_text(e.source), "face": e.face, "box": list(e.box),
-                 "title": escape_text(e.title), "picture_hash": e.picture_hash, "group": escape_text(e.source)}
-                for i, v, e in zip(ids, emb, parsed, strict=True)
-            ]  # fmt: skip
-            for chunk in _chunks(rows, _BATCH):
-                self._client.insert(self.collection, chunk)
+            for start in range(0, len(ids), _ADD_BATCH):
+                part = slice(start, start + _ADD_BATCH)
+                labels = groups[part] if groups is not None else self._assign_groups(emb[part], parsed[part], ids[part])
+                rows = [
+                    {"id": int(i), "embedding": v, "source": escape_text(e.source), "face": e.face,
+                     "box": list(e.box), "title": escape_text(e.title), "picture_hash": e.picture_hash or "",
+                     "group": g}
+                    for i, v, e, g in zip(ids[part], emb[part], parsed[part], labels, strict=True)
+                ]  # fmt: skip
+                for chunk in _chunks(rows, _BATCH):
+                    self._client.insert(self.collection, chunk)
         return ids
+
+    def _assign_groups(self, emb: np.ndarray, parsed: list[Entry], ids: np.ndarray) -> list[str]:
+        """The group label of each face about to be added (see the module's *Pictures*), relabelling the stored
+        groups that these faces join to one another."""
+        sources = [e.source for e in parsed]
+        first_id: dict[str, int] = {}
+        for s, i in zip(sources, ids, strict=True):
+            first_id.setdefault(s, int(i))
+        stored = self._groups_of_sources(list(first_id))
+        label = {s: stored.get(s, f"#{i}") for s, i in first_id.items()}
+        existing = set(stored.values())
+        parent: dict[str, str] = {}
+
+        def root(g: str) -> str:
+            while parent.get(g, g) != g:
+                g = parent[g]
+            return g
+
+        def join(a: str, b: str) -> None:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                keep, drop = sorted((ra, rb), key=lambda g: (g not in existing, g))
+                parent[drop] = keep
+
+        face_label = [label[s] for s in sources]
+        hashed = [i for i, e in enumerate(parsed) if e.picture_hash]
+        if hashed:
+            bits = np.array([int(parsed[i].picture_hash, 16) for i in hashed], dtype=np.uint64)
+            radius = max(d for d, _ in DUPLICATE_RULES)
+            res = []
+            for chunk in _chunks(hashed, _CANDIDATE_STEP):
+                res += self._client.search(
+                    self.collection, data=[emb[i] for i in chunk], limit=DUPLICATE_CANDIDATES,
+                    anns_field="embedding", filter='picture_hash != ""', output_fields=["group", "picture_hash"],
+                    search_params={"metric_type": METRIC, "params": self._candidate_params(radius)},
+                    consistency_level=READ_CONSISTENCY,
+                )  # fmt: skip
+            for i, b, hits in zip(hashed, bits, res, strict=True):
+                for h in hits:
+                    other = h["entity"]
+                    g = other["group"]
+                    if root(g) != root(face_label[i]) and _same_picture(
+                        float(np.sqrt(max(h["distance"], 0.0))), (int(b) ^ int(other["picture_hash"], 16)).bit_count()
+                    ):
+                        existing.add(g)
+                        join(face_label[i], g)
+            e = emb[hashed]
+            for a, b in _batch_pairs(e, bits, radius):  # the faces of this call among themselves
+                join(face_label[hashed[a]], face_label[hashed[b]])
+        moved = {g: root(g) for g in existing if root(g) != g}
+        if moved:
+            self._relabel(moved)
+        return [root(g) for g in face_label]
+
+    def _candidate_params(self, radius: float) -> dict:
+        """Search parameters of the duplicate candidates: a range search (squared L2 under ``radius``) on a server;
+        on Milvus Lite a plain top-k, the radius applied here (its range search took 5-7x as long, measured)."""
+        return {} if self.backend == "milvus-lite" else {"radius": radius * radius}
+
+    def _groups_of_sources(self, sources: list[str]) -> dict[str, str]:
+        """``{source: group}`` of the given sources that have stored faces."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(sources, 256):
+            expr = f"source in [{', '.join(_literal(s) for s in chunk)}]"
+            rows = self._client.query(self.collection, filter=expr, output_fields=["source", "group"],
+                                      consistency_level=READ_CONSISTENCY, limit=_SEARCH_LIMIT)  # fmt: skip
+            for r in rows:
+                out.setdefault(unescape_text(r["source"]), r["group"])
+        return out
+
+    def _relabel(self, moved: dict[str, str]) -> None:
+        """Move every face of each group ``old`` to group ``moved[old]`` (one query and one upsert for a few
+        hundred groups)."""
+        fields = [*_ENTRY_FIELDS, "embedding", "group"]
+        for chunk in _chunks(sorted(moved), 256):
+            expr = f"group in [{', '.join(_literal_raw(g) for g in chunk)}]"
+            rows = self._client.query(self.collection, filter=expr, output_fields=fields, limit=_SEARCH_LIMIT,
+                                      consistency_level=READ_CONSISTENCY)  # fmt: skip
+            if len(rows) >= _SEARCH_LIMIT:
+                rows = list(self._iterate(self.collection, fields, expr))
+            rows = [{**r, "group": moved[r["group"]], "embedding": np.asarray(r["embedding"], dtype=np.float32),
+                     "picture_hash": r.get("picture_hash") or ""} for r in rows]  # fmt: skip
+            for part in _chunks(rows, _BATCH):
+                self._client.upsert(self.collection, part)
 
     def remove_ids(self, ids) -> int:
         """Remove entries by id; returns how many were removed (unknown ids are ignored)."""
@@ -339,7 +537,7 @@ class MilvusStore:
         with _backend_errors(self.uri):
             for chunk in _chunks(ids, _BATCH):
                 found = self._client.query(self.collection, filter=f"id in [{','.join(map(str, chunk))}]",
-                                           output_fields=["id"], consistency_level="Strong")  # fmt: skip
+                                           output_fields=["id"], consistency_level=READ_CONSISTENCY)  # fmt: skip
                 present = [int(r["id"]) for r in found]
                 if present:
                     self._client.delete(self.collection, ids=present)
@@ -350,11 +548,14 @@ class MilvusStore:
         """Remove every face of one source file and forget the file; returns the faces removed."""
         expr = f"source == {_literal(source)}"
         with _backend_errors(self.uri):
-            rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"],
-                                      consistency_level="Strong")  # fmt: skip
-            n = int(rows[0]["count(*)"])
-            if n:
-                self._client.delete(self.collection, filter=expr)
+            rows = self._client.query(self.collection, filter=expr, output_fields=["id"], limit=_SEARCH_LIMIT,
+                                      consistency_level=READ_CONSISTENCY)  # fmt: skip
+            if len(rows) >= _SEARCH_LIMIT:
+                rows = list(self._iterate(self.collection, ["id"], expr))
+            ids = [int(r["id"]) for r in rows]
+            for chunk in _chunks(ids, _BATCH):  # by primary key: a delete by filter waits a time tick on a server
+                self._client.delete(self.collection, ids=chunk)
+            n = len(ids)
             if self._files.pop(source, None) is not None:
                 self._client.delete(f"{self.collection}_files", ids=[escape_text(source)])
         return n
@@ -362,8 +563,8 @@ class MilvusStore:
     def record_file(self, source: str, record: FileRecord) -> None:
         """Remember that ``source`` was processed (an upsert into the files collection)."""
         row = {"source": escape_text(source), "size": int(record.size), "mtime_ns": int(record.mtime_ns),
-               "faces": int(record.faces), "skipped": None if record.skipped is None else escape_text(record.skipped),
-               "finder": record.finder, "_v": [0.0, 0.0]}  # fmt: skip
+               "faces": int(record.faces), "skipped": escape_text(record.skipped) if record.skipped else "",
+               "finder": record.finder or "", "_v": [0.0, 0.0]}  # fmt: skip
         with _backend_errors(self.uri):
             self._client.upsert(f"{self.collection}_files", [row])
         self._files[source] = record
@@ -383,8 +584,8 @@ class MilvusStore:
         Args:
             queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
             k: neighbours per query, 1 to :data:`~facial_search.index.store.MAX_K`.
-            group_by_source: one neighbour per picture group at most (its nearest face), through Milvus'
-                ``group_by_field`` on ``group`` (for now one group per source file).
+            group_by_source: one neighbour per picture at most (its nearest face): Milvus' ``group_by_field`` on
+                ``group``, or on a server older than 2.4 an over-fetch grouped here (the module's *Grouping search*).
 
         Returns:
             ``(distances, ids)``, both ``(Q, k)``: float32 Euclidean distances (the square root of Milvus' squared
@@ -405,31 +606,81 @@ class MilvusStore:
             raise ValueError(f"queries have dimension {q.shape[-1]}, index has {self.embedder.dim}")
         dist = np.full((len(q), k), np.inf, dtype=np.float32)
         ids = np.full((len(q), k), -1, dtype=np.int64)
-        extra = {"group_by_field": "group", "group_size": 1} if group_by_source else {}
-        step = max(1, min(1024, 100_000 // k))
         with _backend_errors(self.uri):
-            for start in range(0, len(q), step):
-                res = self._client.search(
-                    self.collection, data=[row for row in q[start : start + step]], limit=k, anns_field="embedding",
-                    search_params={"metric_type": METRIC, "params": {}}, output_fields=[],
-                    consistency_level="Strong", **extra,
-                )  # fmt: skip
-                for r, hits in enumerate(res, start):
-                    n = min(len(hits), k)
-                    if n:
-                        d2 = np.asarray([h["distance"] for h in hits[:n]], dtype=np.float32)
-                        dist[r, :n] = np.sqrt(np.maximum(d2, 0.0))
-                        ids[r, :n] = [int(h["id"]) for h in hits[:n]]
+            if group_by_source and not self.server_grouping:
+                self._grouped_here(q, k, dist, ids)
+                return dist, ids
+            extra = {"group_by_field": "group", "group_size": 1} if group_by_source else {}
+            for r, hits in enumerate(self._hits(q, k, [], **extra)):
+                found = sorted((float(h["distance"]), int(h["id"])) for h in hits)[:k]  # ties: the lower id first
+                if found:
+                    d2, hit_ids = np.asarray(found, dtype=np.float64).T
+                    dist[r, : len(found)] = np.sqrt(np.maximum(d2, 0.0))
+                    ids[r, : len(found)] = hit_ids.astype(np.int64)
         return dist, ids
 
+    def _hits(self, q: np.ndarray, limit: int, fields: list[str], **extra) -> Iterator[list]:
+        """Milvus' hits of every query row, nearest first (several rows per request)."""
+        step = max(1, min(1024, 100_000 // limit))
+        for start in range(0, len(q), step):
+            yield from self._client.search(
+                self.collection, data=list(q[start : start + step]), limit=limit, anns_field="embedding",
+                search_params={"metric_type": METRIC, "params": {}}, output_fields=fields,
+                consistency_level=READ_CONSISTENCY, **extra,
+            )  # fmt: skip
+
+    def _grouped_here(self, q: np.ndarray, k: int, dist: np.ndarray, ids: np.ndarray) -> None:
+        """The k nearest groups of every query into ``dist`` and ``ids``, from plain searches (a server without
+        ``group_by_field``): an over-fetch of 4k faces, then 4 times more for the queries that need it, until k
+        groups are nearer than the last face fetched, or every face was fetched, or Milvus' largest top-k."""
+        todo = np.arange(len(q))
+        limit = min(_SEARCH_LIMIT, max(4 * k, k + 16))
+        while len(todo):
+            left = []
+            for r, hits in zip(todo, self._hits(q[todo], limit, ["group"]), strict=True):
+                best: dict[str, tuple[float, int]] = {}
+                for h in hits:
+                    key = (float(h["distance"]), int(h["id"]))
+                    g = h["entity"]["group"]
+                    if g not in best or key < best[g]:
+                        best[g] = key
+                found = sorted(best.values())
+                if len(hits) >= limit and limit < _SEARCH_LIMIT:  # more faces than fetched: exact up to the last
+                    last = max(float(h["distance"]) for h in hits)
+                    found = [f for f in found if f[0] < last]
+                    if len(found) < k:
+                        left.append(r)
+                        continue
+                found = found[:k]
+                if found:
+                    d2, hit_ids = np.asarray(found, dtype=np.float64).T
+                    dist[r, : len(found)] = np.sqrt(np.maximum(d2, 0.0))
+                    ids[r, : len(found)] = hit_ids.astype(np.int64)
+            todo = np.asarray(left, dtype=np.int64)
+            limit = min(_SEARCH_LIMIT, limit * 4)
+
     # -- the rest of the protocol ----------------------------------------------------------------------------
+    def picture_groups(self) -> dict[int, str]:
+        """``{id: group label}`` of every stored face (a scan of the ``group`` field); faces of one picture share a
+        label (the module's *Pictures*)."""
+        return {int(r["id"]): r["group"] for r in self._iterate(self.collection, ["id", "group"])}
+
+    @property
+    def pictures(self) -> int:
+        """Distinct pictures (picture groups) of the stored faces: a scan of the ``group`` field of every face."""
+        return len({r["group"] for r in self._iterate(self.collection, ["group"])})
+
     def describe(self) -> dict:
-        """``{"backend": "milvus-lite" | "milvus", "uri", "collection", "faces", "images", "skipped",
-        "embedder" (name), "embedder_version", "dim", "index_type": "FLAT", "metric": "L2", "next_id"}``."""
-        return {"backend": self.backend, "uri": self.uri, "collection": self.collection, "faces": self.ntotal,
+        """``{"backend": "milvus-lite" | "milvus", "uri", "faces", "pictures" (:attr:`pictures`), "images"
+        (files processed), "skipped", "embedder" (name), "embedder_version", "dim", "collection", "index_type":
+        "FLAT", "metric": "L2", "grouping": "server" | "client" (:attr:`server_grouping`), "server_version",
+        "next_id"}``."""
+        return {"backend": self.backend, "uri": self.uri, "faces": self.ntotal, "pictures": self.pictures,
                 "images": len(self._files), "skipped": len(self.skipped), "embedder": self.embedder.name,
-                "embedder_version": self.embedder.version, "dim": self.embedder.dim, "index_type": INDEX_TYPE,
-                "metric": METRIC, "next_id": self.next_id}  # fmt: skip
+                "embedder_version": self.embedder.version, "dim": self.embedder.dim, "collection": self.collection,
+                "index_type": INDEX_TYPE, "metric": METRIC,
+                "grouping": "server" if self.server_grouping else "client", "server_version": self.server_version,
+                "next_id": self.next_id}  # fmt: skip
 
     def close(self) -> None:
         """Release the connection (Milvus Lite: the database); idempotent."""
@@ -452,11 +703,11 @@ class MilvusStore:
         self._client.upsert(f"{self.collection}_meta", [{"key": "meta", "value": json.dumps(meta), "_v": [0.0, 0.0]}])
         self.next_id = next_id
 
-    def _iterate(self, collection: str, fields: list[str]) -> Iterator[dict]:
-        """Every row of a collection, in pages (a server caps one query at 16,384 rows)."""
+    def _iterate(self, collection: str, fields: list[str], filter: str = "", consistency: str = "") -> Iterator[dict]:
+        """Every row of a collection (that matches ``filter``), in pages (a server caps one query at 16,384 rows)."""
         with _backend_errors(self.uri):
-            it = self._client.query_iterator(collection, batch_size=_ITER_BATCH, filter="", output_fields=fields,
-                                             consistency_level="Strong")  # fmt: skip
+            it = self._client.query_iterator(collection, batch_size=_ITER_BATCH, filter=filter, output_fields=fields,
+                                             consistency_level=consistency or READ_CONSISTENCY)  # fmt: skip
             try:
                 while page := it.next():
                     yield from page
@@ -469,13 +720,23 @@ _ENTRY_FIELDS = ["id", "source", "face", "box", "title", "picture_hash"]
 
 def _entry(r: dict) -> Entry:
     return Entry(int(r["id"]), unescape_text(r["source"]), int(r["face"]), tuple(int(v) for v in r["box"]),
-                 unescape_text(r["title"]), r.get("picture_hash"))  # fmt: skip
+                 unescape_text(r["title"]), r.get("picture_hash") or None)  # fmt: skip
 
 
 def _file_record(r: dict) -> FileRecord:
-    skipped = r.get("skipped")
+    skipped = r.get("skipped")  # "" (or a null, in a first-release store): none
     return FileRecord(int(r["size"]), int(r["mtime_ns"]), int(r["faces"]),
-                      None if skipped is None else unescape_text(skipped), r.get("finder"))  # fmt: skip
+                      unescape_text(skipped) if skipped else None, r.get("finder") or None)  # fmt: skip
+
+
+def _groups_itself(backend: str, version: str) -> bool:
+    """Whether a search with ``group_by_field`` is grouped by the server: Milvus Lite, or a server of release 2.4
+    or later (2.3 ignores the parameter). A version without a release number is taken as too old: the grouping
+    here is right on every server, only slower."""
+    if backend == "milvus-lite":
+        return True
+    m = _VERSION.search(version)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= _GROUP_BY_SINCE
 
 
 def _chunks(seq: list, n: int) -> Iterator[list]:
@@ -544,7 +805,7 @@ def _create_collections(client, collection: str, embedder: EmbedderInfo) -> None
         s.add_field("face", DataType.INT64)
         s.add_field("box", DataType.ARRAY, element_type=DataType.INT64, max_capacity=4)
         s.add_field("title", DataType.VARCHAR, max_length=_TEXT_MAX)
-        s.add_field("picture_hash", DataType.VARCHAR, max_length=64, nullable=True)
+        s.add_field("picture_hash", DataType.VARCHAR, max_length=64)
         s.add_field("group", DataType.VARCHAR, max_length=_TEXT_MAX)
         client.create_collection(collection, schema=s, index_params=flat("embedding"), consistency_level="Strong")
     files = f"{collection}_files"
@@ -554,8 +815,8 @@ def _create_collections(client, collection: str, embedder: EmbedderInfo) -> None
         s.add_field("size", DataType.INT64)
         s.add_field("mtime_ns", DataType.INT64)
         s.add_field("faces", DataType.INT64)
-        s.add_field("skipped", DataType.VARCHAR, max_length=_TEXT_MAX, nullable=True)
-        s.add_field("finder", DataType.VARCHAR, max_length=64, nullable=True)
+        s.add_field("skipped", DataType.VARCHAR, max_length=_TEXT_MAX)
+        s.add_field("finder", DataType.VARCHAR, max_length=64)
         s.add_field("_v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
         client.create_collection(files, schema=s, index_params=flat("_v"), consistency_level="Strong")
     meta = f"{collection}_meta"

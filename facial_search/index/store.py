@@ -1,29 +1,52 @@
-"""The default store (a plain path, ``memes.fsindex``): one entry per face, stable ids, exact Euclidean top-k
-search through FAISS (``IndexFlatL2``), and :func:`open_store` (``facial_search.index.open``), which opens any
-backend by its URI.
+"""The default store (a plain path, ``memes.fsindex``): one entry per face, stable ids, Euclidean top-k search
+(exact through FAISS, or through HNSW graphs: ``ann``), and :func:`open_store` (``facial_search.index.open``),
+which opens any backend by its URI.
 
 The interface follows FAISS: :meth:`MemeIndex.add`, :meth:`MemeIndex.search` returns ``(distances, ids)``;
-:class:`MemeIndex` implements :class:`facial_search.index.base.Store`. The search kernels are in
-:mod:`facial_search.index.kernels`, the file format, its checks and the atomic write in
-:mod:`facial_search.index.fileformat`, the writer lock in :mod:`facial_search.index.lock` (``top_k``,
-``group_layout``, ``group_min``, ``FORMAT_NAME`` and ``FORMAT_VERSION`` are importable from here too).
+:class:`MemeIndex` implements :class:`facial_search.index.base.Store`. Its parts: the columns in memory
+(:mod:`facial_search.index.table`), the file format, its checks, appends and atomic rewrites
+(:mod:`facial_search.index.fileformat`), picture groups (:mod:`facial_search.index.dedupe`), the search
+kernels (:mod:`facial_search.index.kernels`), the ANN segments (:mod:`facial_search.index.segments`), the
+writer lock (:mod:`facial_search.index.lock`). ``top_k``, ``group_layout``, ``group_min``, ``FORMAT_NAME`` and
+``FORMAT_VERSION`` are importable from here too.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from facial_search.errors import EmbedderMismatchError, IndexURIError, MissingDependencyError, OptionError
-from facial_search.index.dedupe import merge_duplicates
-from facial_search.index.fileformat import FORMAT_NAME, FORMAT_VERSION, IndexContents, read_index, write_index
+from facial_search.errors import (
+    EmbedderMismatchError,
+    IndexFormatError,
+    IndexURIError,
+    MissingDependencyError,
+    OptionError,
+)
+from facial_search.index.dedupe import PictureGroups
+from facial_search.index.fileformat import (
+    FILE_RECORD_BYTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    NORM_TOLERANCE,
+    FileState,
+    StaleFileError,
+    append_commit,
+    read_index,
+    row_bytes,
+    write_new,
+)
 from facial_search.index.kernels import group_layout, group_min, grouped_top_k, top_k
 from facial_search.index.lock import IndexWriter, held_writer
+from facial_search.index.segments import Segments
+from facial_search.index.table import FILE_COLUMNS, HAS_HASH, ROW_COLUMNS, Grow, Strings, TextIds, encode
 
 if TYPE_CHECKING:
     from facial_search.index.base import Store
@@ -31,6 +54,16 @@ if TYPE_CHECKING:
 #: Most neighbours one search returns per query (the answer is ``(Q, k)``: a k of billions would not fit in
 #: memory; FAISS's GPU indexes stop at 2,048).
 MAX_K = 10_000
+#: A removed row's first coordinate in memory in an exact store (the others 0): its squared distance to any unit
+#: query is ~1e12, so an exact search ranks it after every live row, with nothing to filter (the file keeps its
+#: real vector until compaction). An ANN store keeps removed rows' vectors as they are (its graphs re-rank
+#: against them, and check them against their codes when read): its searches fetch more and skip them.
+POISON = 1e6
+#: ``open_store(..., ann=EXACT)``: search exactly (drop an ANN store's graphs).
+EXACT = "exact"
+#: Commits in one file before the next commit rewrites it whole (reading a record costs ~20 us).
+MAX_RECORDS = 4096
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -108,135 +141,325 @@ def check_embedder(store, expect: EmbedderInfo | None) -> None:
 
 
 class MemeIndex:
-    """Embeddings and metadata of indexed faces, searchable by exact Euclidean distance: the file backend of
-    :class:`facial_search.index.base.Store` (``describe()["backend"]`` is ``"file (exact)"``).
+    """Embeddings and metadata of indexed faces, searchable by exact Euclidean distance (or through HNSW graphs,
+    ``ann``): the file backend of :class:`facial_search.index.base.Store` (``describe()["backend"]`` is
+    ``"file (exact)"`` or ``"file (hnsw)"``).
 
     Made in memory (``MemeIndex(info)``) it has no path (``uri`` is ``""``; write it with :meth:`save`); opened
-    from a path (:meth:`load`, :func:`open_store`) it keeps the path, and :meth:`commit` saves to it. Opened
-    for writing (``open_store(path, writer=True)``) it holds the path's writer lock
-    (:class:`~facial_search.index.lock.IndexWriter`) until :meth:`close`. A context manager.
+    from a path (:meth:`load`, :func:`open_store`) it keeps the path, and :meth:`commit` appends what changed to
+    it (format 3: :mod:`facial_search.index.fileformat`). Opened for writing (``open_store(path, writer=True)``)
+    it holds the path's writer lock (:class:`~facial_search.index.lock.IndexWriter`) until :meth:`close`. A
+    context manager. Searches may run from several threads at once; changes come from one.
+
+    Memory: the rows live in NumPy columns (:mod:`facial_search.index.table`); :class:`Entry` objects are made
+    when asked for (:meth:`entry`, :meth:`entries`).
 
     Args:
         embedder: the :class:`EmbedderInfo` of the vectors it holds (recorded in the file).
         path: the index file :meth:`commit` writes (``None``: none yet).
+        ann: search through HNSW graphs with these :class:`~facial_search.index.ann.HNSWParams` (``None``:
+            exact search; see :mod:`facial_search.index.segments`).
     """
 
-    def __init__(self, embedder: EmbedderInfo, *, path: str | os.PathLike | None = None):
+    def __init__(self, embedder: EmbedderInfo, *, path: str | os.PathLike | None = None, ann=None):
         self.embedder = embedder
-        self._emb = np.zeros((0, embedder.dim), dtype=np.float32)
-        self._ids = np.zeros((0,), dtype=np.int64)
-        self._entries: dict[int, Entry] = {}
-        self.files: dict[str, FileRecord] = {}
-        self.next_id = 0
-        self._groups: tuple | None = None  # (source_groups, their group_layout), found when first needed
         self._path: Path | None = None if path is None else Path(path)
         self.uri = "" if path is None else os.fspath(path)
         self._writer: IndexWriter | None = None
-        self._flat = None  # faiss.IndexFlatL2 over the rows, built at the first search, kept up to date by add
-        self._flat_lock = threading.Lock()  # searches may come from several threads (the web pool)
+        self._lock = threading.RLock()  # changes, and the caches searches build
+        dim = embedder.dim
+        self._rows = {name: Grow(d, (dim,) if name == "embeddings" else s) for name, (d, s) in ROW_COLUMNS.items()}
+        self._live = Grow(bool)
+        self._sources, self._texts = Strings(), Strings()
+        self._files = {"has": Grow(bool)} | {k: Grow(d) for k, d in FILE_COLUMNS.items()}
+        self._per_source = {"live": Grow(np.int64), "label": Grow(np.int64), "in_file": Grow(bool)}
+        self.next_id = 0
+        self._dead = 0  # rows removed but still in place
+        self._groups = PictureGroups()
+        self._grouped = 0  # rows [0, _grouped) have their picture label
+        self._ann = ann
+        self._segments = Segments(ann) if ann is not None else None
+        self._state: FileState | None = None  # the file at _path as last read or written; None: rewrite it whole
+        self._reset_pending()
+        self._cache: dict = {}
+        self._text_ids = TextIds(self._texts)
+
+    def _reset_pending(self) -> None:
+        """Everything is in the file now (after a read or a write)."""
+        self._done = (len(self._live), len(self._sources), len(self._texts))  # rows, sources, texts written
+        self._removed: list[np.ndarray] = []
+        self._files_changed: set[int] = set()
+        self._merges: list[np.ndarray] = []
+        self._meta_changed = False
 
     # -- size and access -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._live.n - self._dead
 
     @property
     def ntotal(self) -> int:
         """Number of faces (entries), as in FAISS."""
-        return len(self._ids)
+        return self._live.n - self._dead
+
+    def _live_rows(self) -> np.ndarray | None:
+        """The rows in place that are live, ``None`` when all are (cached)."""
+        if not self._dead:
+            return None
+        with self._lock:
+            rows = self._cache.get("live_rows")
+            if rows is None:
+                rows = self._cache["live_rows"] = np.flatnonzero(self._live.view)
+            return rows
+
+    def _column(self, name: str) -> np.ndarray:
+        """A row column over the live rows (a view when none is removed, else a cached copy), read-only."""
+        with self._lock:
+            key = ("column", name)
+            v = self._cache.get(key)
+            if v is None:
+                rows = self._live_rows()
+                v = self._rows[name].view if rows is None else self._rows[name].view[rows]
+                v = v.view()
+                v.flags.writeable = False
+                self._cache[key] = v
+            return v
 
     @property
     def embeddings(self) -> np.ndarray:
-        """``(N, D) float32`` (read-only view), rows in the order of :attr:`ids`."""
-        v = self._emb.view()
-        v.flags.writeable = False
-        return v
+        """``(N, D) float32`` (read-only), rows in the order of :attr:`ids`."""
+        return self._column("embeddings")
 
     @property
     def ids(self) -> np.ndarray:
-        """``(N,) int64`` entry ids, in row order."""
-        v = self._ids.view()
-        v.flags.writeable = False
-        return v
+        """``(N,) int64`` entry ids, in row order (ascending)."""
+        return self._column("ids")
+
+    def _row_of(self, id: int) -> int | None:
+        ids = self._rows["ids"].view
+        i = int(np.searchsorted(ids, id))
+        return i if i < len(ids) and ids[i] == id and self._live.a[i] else None
 
     def entry(self, id: int) -> Entry:
         """The entry with this id; ``KeyError`` if there is none."""
-        return self._entries[int(id)]
+        row = self._row_of(int(id))
+        if row is None:
+            raise KeyError(id)
+        r = self._rows
+        flags = int(r["flags"].a[row])
+        return Entry(
+            int(r["ids"].a[row]),
+            self._sources.get(int(r["source"].a[row])),
+            int(r["face"].a[row]),
+            tuple(int(v) for v in r["box"].a[row]),
+            self._texts.get(int(r["title"].a[row])),
+            f"{int(r['picture_hash'].a[row]):016x}" if flags & HAS_HASH else None,
+        )
 
     def entries(self) -> list[Entry]:
-        """All entries in row order."""
-        return [self._entries[int(i)] for i in self._ids]
+        """All entries in row order (made now: ~1 s a million)."""
+        ids, face, box = self._column("ids").tolist(), self._column("face").tolist(), self._column("box").tolist()
+        hashes, flags = self._column("picture_hash").tolist(), self._column("flags").tolist()
+        sources, titles = self._column("source").tolist(), self._column("title").tolist()
+        names: dict[int, str] = {}
+        texts: dict[int, str] = {}
+        out = []
+        for i, s, f, b, t, h, fl in zip(ids, sources, face, box, titles, hashes, flags, strict=True):
+            src = names.get(s)
+            if src is None:
+                src = names[s] = self._sources.get(s)
+            title = texts.get(t)
+            if title is None:
+                title = texts[t] = self._texts.get(t)
+            out.append(Entry(i, src, f, tuple(b), title, f"{h:016x}" if fl & HAS_HASH else None))
+        return out
 
     def source_groups(self) -> np.ndarray:
         """``(N,) int64`` group number of every row, in row order, numbers from 0 to (groups - 1): one group
         per picture. The faces of one source image share a group, and so do the faces of source images that
         hold the same picture (the same template saved under two names: a face in each with a near-identical
-        embedding and picture hash, :func:`facial_search.index.dedupe.merge_duplicates`). Computed when first
-        needed (0.05 s for the 1,365 imgflip faces, 7.3 s for 100,000 in ``benchmarks/bench_scale.py``, on 2
-        busy cores) and cached until the index changes."""
-        if self._groups is None:
-            entries = [self._entries[int(i)] for i in self._ids]
-            sources = np.asarray([e.source for e in entries], dtype=object)
-            by_source = np.unique(sources, return_inverse=True)[1].astype(np.int64)
-            groups = merge_duplicates(self._emb, by_source, [e.picture_hash for e in entries])
-            self._groups = (groups, group_layout(groups))
-        return self._groups[0]
+        embedding and picture hash, :data:`~facial_search.index.dedupe.DUPLICATE_RULES`). Each face gets its
+        group when added (found among the stored faces by picture hash: :class:`~facial_search.index.dedupe.
+        PictureGroups`, at the next commit or search), and the file keeps it: nothing is recomputed at open."""
+        with self._lock:
+            groups = self._cache.get("source_groups")
+            if groups is None:
+                roots = self._row_roots()
+                rows = self._live_rows()
+                live_roots = roots if rows is None else roots[rows]
+                groups = self._cache["source_groups"] = np.unique(live_roots, return_inverse=True)[1].astype(np.int64)
+            return groups
 
     def group_layout(self) -> tuple[np.ndarray, np.ndarray]:
         """:func:`group_layout` of :meth:`source_groups`, cached with them (for :func:`group_min`)."""
-        self.source_groups()
-        return self._groups[1]
+        with self._lock:
+            layout = self._cache.get("group_layout")
+            if layout is None:
+                layout = self._cache["group_layout"] = group_layout(self.source_groups())
+            return layout
+
+    def _row_roots(self) -> np.ndarray:
+        """``(n,) int64`` the picture (root label) of every row in place, dead ones too (cached)."""
+        with self._lock:
+            roots = self._cache.get("roots")
+            if roots is None:
+                self._assign_groups()
+                roots = self._cache["roots"] = self._groups.roots(self._rows["group"].view)
+            return roots
+
+    @property
+    def files(self) -> Mapping[str, FileRecord]:
+        """``{source: FileRecord}`` of every file processed (a read-only view; :meth:`record_file` changes it)."""
+        return _Files(self)
 
     @property
     def skipped(self) -> dict[str, str]:
         """``{source: reason}`` for files recorded as skipped (no face, unreadable, ...)."""
-        return {s: r.skipped for s, r in self.files.items() if r.skipped}
+        has, skipped = self._files["has"].view, self._files["skipped"].view
+        return {
+            self._sources.get(int(s)): self._texts.get(int(skipped[s])) for s in np.flatnonzero(has & (skipped >= 0))
+        }
 
     # -- mutation ----------------------------------------------------------------------------------------
     def add(self, embeddings: np.ndarray, entries: list[dict]) -> np.ndarray:
-        """Add faces; returns their new ids ``(n,) int64``.
+        """Add faces; returns their new ids ``(n,) int64``. Amortised O(n) (the columns grow by doubling).
 
         Args:
-            embeddings: ``(n, D) float32``, D = the embedder's dimension.
-            entries: n dicts with ``source``, ``face``, ``box``, ``title``, optionally ``picture_hash``.
+            embeddings: ``(n, D) float32``, D = the embedder's dimension; each row unit-norm (L2, within
+                1e-3) or all zero.
+            entries: n dicts with ``source``, ``face`` (>= 0), ``box`` (x, y, w, h), ``title``, optionally
+                ``picture_hash`` (16 hex digits, :func:`~facial_search.index.dedupe.face_dhash`, or ``None``).
+
+        Raises:
+            ValueError: as many embeddings as entries not given, rows of another dimension, NaN, infinite or
+                not unit-norm; a face number below 0, a box that is not four integers, a picture hash that is
+                not 16 hex digits. Nothing is added then.
         """
-        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedder.dim)
-        if len(entries) != len(embeddings):
-            raise ValueError(f"{len(embeddings)} embeddings but {len(entries)} entries")
-        new_ids = np.arange(self.next_id, self.next_id + len(entries), dtype=np.int64)
-        self.next_id += len(entries)
-        for i, e in zip(new_ids, entries, strict=True):
-            self._entries[int(i)] = Entry.from_dict(int(i), e)
-        with self._flat_lock:
-            self._emb = np.concatenate([self._emb, embeddings])
-            self._ids = np.concatenate([self._ids, new_ids])
-            if self._flat is not None:
-                self._flat.add(np.ascontiguousarray(embeddings))
-        self._groups = None
-        return new_ids
+        emb = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedder.dim)
+        if len(entries) != len(emb):
+            raise ValueError(f"{len(emb)} embeddings but {len(entries)} entries")
+        n = len(entries)
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings hold NaN or infinite values")
+        norms = np.sqrt(np.einsum("ij,ij->i", emb, emb, dtype=np.float64))
+        bad = (np.abs(norms - 1.0) > NORM_TOLERANCE) & (norms != 0.0)
+        if bad.any():
+            raise ValueError(f"embedding {int(np.flatnonzero(bad)[0])} has norm {norms[bad][0]:.6g}, not 1 (or 0)")
+        faces, boxes, hashes, flags = _parse_entries(entries)
+        with self._lock:
+            ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+            sources = self._sources.ids_of([encode(str(e["source"])) for e in entries])
+            titles = self._text_ids.ids_of([str(e["title"]) for e in entries])
+            self._grow_per_source()
+            buffer = self._rows["embeddings"].a
+            cols = {"ids": ids, "embeddings": emb, "face": faces, "box": boxes, "picture_hash": hashes,
+                    "flags": flags, "source": sources, "title": titles, "group": np.full(n, -1)}  # fmt: skip
+            for name, values in cols.items():
+                self._rows[name].extend(values)
+            self._live.extend(np.ones(n, dtype=bool))
+            np.add.at(self._per_source["live"].a, sources, 1)
+            self.next_id += n
+            if self._segments is not None and self._rows["embeddings"].a is not buffer:
+                self._segments.attach(self._rows["embeddings"].a)  # the graphs re-rank on the new buffer
+            self._cache.clear()  # what searches cached
+        return ids
+
+    def _grow_per_source(self) -> None:
+        n = len(self._sources)
+        for k, g in (self._files | self._per_source).items():
+            if g.n < n:
+                g.extend(np.full(n - g.n, False if g.a.dtype == bool else (0 if k == "live" else -1)))
 
     def remove_ids(self, ids) -> int:
-        """Remove entries by id; returns how many were removed (unknown ids are ignored)."""
-        ids = np.asarray(list(ids), dtype=np.int64)
-        keep = ~np.isin(self._ids, ids)
-        removed = int((~keep).sum())
-        if not removed:
-            return 0
-        for i in self._ids[~keep]:
-            del self._entries[int(i)]
-        with self._flat_lock:
-            self._emb, self._ids = self._emb[keep], self._ids[keep]
-            self._flat = None  # rebuilt at the next search
-        self._groups = None
-        return removed
+        """Remove entries by id; returns how many were removed (unknown ids are ignored). O(k log N)."""
+        ids = np.unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64))
+        with self._lock:
+            all_ids = self._rows["ids"].view
+            at = np.searchsorted(all_ids, ids)
+            ok = at < len(all_ids)
+            ok[ok] = (all_ids[at[ok]] == ids[ok]) & self._live.a[at[ok]]
+            rows = at[ok]
+            if not len(rows):
+                return 0
+            self._live.a[rows] = False
+            self._dead += len(rows)
+            sources = self._rows["source"].a[rows]
+            np.subtract.at(self._per_source["live"].a, sources, 1)
+            gone = sources[self._per_source["live"].a[sources] == 0]
+            self._per_source["label"].a[gone] = -1  # a source added again starts a new picture
+            if self._segments is None:
+                self._poison(rows)
+            if self._segments is not None:
+                self._segments.mark_dead(rows)
+            self._removed.append(all_ids[rows])
+            self._cache.clear()
+            return len(rows)
+
+    def _poison(self, rows: np.ndarray) -> None:
+        """Removed rows of an exact store: :data:`POISON` (an exact search never ranks them before a live row)."""
+        self._rows["embeddings"].a[rows] = 0.0
+        self._rows["embeddings"].a[rows, 0] = POISON
 
     def remove_source(self, source: str) -> int:
         """Remove every face of one source file and forget the file; returns the faces removed."""
-        self.files.pop(source, None)
-        return self.remove_ids([e.id for e in self._entries.values() if e.source == source])
+        with self._lock:
+            sid = self._sources.find(encode(source))
+            if sid is None:
+                return 0
+            if self._files["has"].a[sid]:
+                self._files["has"].a[sid] = False
+                self._files_changed.add(sid)
+            if not self._per_source["live"].a[sid]:
+                return 0
+            rows = np.flatnonzero((self._rows["source"].view == sid) & self._live.view)
+            return self.remove_ids(self._rows["ids"].a[rows])
 
     def record_file(self, source: str, record: FileRecord) -> None:
-        """Remember that ``source`` was processed (so an unchanged file is not processed again)."""
-        self.files[source] = record
+        """Remember that ``source`` was processed (so an unchanged file is not processed again).
+
+        Raises:
+            ValueError: a record whose faces is below 0 or whose numbers are not integers.
+        """
+        values = [record.size, record.mtime_ns, record.faces]
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values) or record.faces < 0:
+            raise ValueError(f"not a file record: {record!r}")
+        with self._lock:
+            sid = int(self._sources.ids_of([encode(source)])[0])
+            self._grow_per_source()
+            f = self._files
+            f["has"].a[sid] = True
+            f["size"].a[sid], f["mtime_ns"].a[sid], f["faces"].a[sid] = record.size, record.mtime_ns, record.faces
+            f["skipped"].a[sid] = self._text_ids.id_of(record.skipped)
+            f["finder"].a[sid] = self._text_ids.id_of(record.finder)
+            self._files_changed.add(sid)
+
+    # -- picture groups ----------------------------------------------------------------------------------
+    def _assign_groups(self) -> None:
+        """Give the rows added since the last time their picture label (their source's; a new one for a new
+        source), then join the labels of those that are the same picture as a live row
+        (:meth:`PictureGroups.join_duplicates`). Called at commits and before a grouping search."""
+        with self._lock:
+            n, start = self._live.n, self._grouped
+            if start >= n:
+                return
+            sources = self._rows["source"].a[start:n]
+            label = self._per_source["label"].a
+            fresh = np.unique(sources[label[sources] < 0])
+            if len(fresh):
+                order = np.sort(np.unique(sources, return_index=True)[1])  # sources in order of first row
+                fresh = sources[order][np.isin(sources[order], fresh)]
+                label[fresh] = self._groups.new_labels(len(fresh))
+            self._rows["group"].a[start:n] = label[sources]
+            r = self._rows
+            joined = self._groups.join_duplicates(
+                r["embeddings"].view, r["picture_hash"].view, (r["flags"].view & HAS_HASH) != 0, self._live.view,
+                r["group"].view, np.arange(start, n),
+            )  # fmt: skip
+            if len(joined):
+                self._merges.append(joined)
+            self._grouped = n
+            self._cache.pop("roots", None)
+            self._cache.pop("source_groups", None)
+            self._cache.pop("group_layout", None)
 
     # -- search -----------------------------------------------------------------------------------------
     def distances(self, queries: np.ndarray) -> np.ndarray:
@@ -249,13 +472,15 @@ class MemeIndex:
             ``(Q, N) float32``, columns in row order (:attr:`ids`); range [0, 2] for unit-norm embeddings.
         """
         q = self._queries(queries)
-        d2 = (q * q).sum(1)[:, None] + (self._emb * self._emb).sum(1)[None, :] - 2.0 * (q @ self._emb.T)
+        emb = self.embeddings
+        d2 = (q * q).sum(1)[:, None] + (emb * emb).sum(1)[None, :] - 2.0 * (q @ emb.T)
         return np.sqrt(np.maximum(d2, 0.0))
 
     def search(
         self, queries: np.ndarray, k: int = 3, *, group_by_source: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k-nearest neighbours by Euclidean distance.
+        """k-nearest neighbours by Euclidean distance: exact (FAISS ``knn``, the kernel of ``IndexFlatL2``, over
+        the store's own array), or approximate through the HNSW graphs of an ``ann`` store.
 
         Args:
             queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
@@ -267,27 +492,64 @@ class MemeIndex:
         Returns:
             ``(distances, ids)``, both ``(Q, k)``: distances float32 Euclidean (range [0, 2] for unit-norm
             embeddings), ascending per row; ids int64, ``-1`` (and distance ``inf``) where the index holds
-            fewer than k faces (or k source images, when grouping).
+            fewer than k faces (or k pictures, when grouping).
+
+        Raises:
+            OptionError: k outside 1..MAX_K. ValueError: queries of another dimension.
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
             raise OptionError(f"k: must be a whole number from 1 to {MAX_K:,} (got {k!r})")
         k = int(k)
-        if not group_by_source:
-            return self._flat_search(queries, k)
         q = self._queries(queries)
-        emb, ids, flat = self._flat_index(len(q))
-        if flat is None:
-            return self._finish(q, emb, ids, np.full((len(q), k), -1, dtype=np.int64))
-        # the k nearest pictures from over-fetched plain searches (never a (Q, N) matrix): kernels.grouped_top_k
-        _, rows = grouped_top_k(lambda qi, kk: flat.search(q[qi], kk), len(q), self.source_groups(), k)
-        return self._finish(q, emb, ids, rows)
+        snap = self._snapshot()
+        if not group_by_source:
+            rows = self._plain(q, k, snap)[1]
+        elif snap[0] == 0 or not len(q):
+            rows = np.full((len(q), k), -1, dtype=np.int64)
+        else:
+            roots = self._row_roots()[: snap[0]]
+            _, rows = grouped_top_k(lambda qi, kk: self._plain(q[qi], kk, snap), len(q), roots, k)
+        return self._finish(q, snap[1], snap[2], rows)
+
+    def _snapshot(self):
+        """``(n, embeddings (n, D), ids (n,), live (n,), segments)``: one consistent state to search."""
+        with self._lock:
+            n = self._live.n
+            seg = None if self._segments is None else (self._segments, list(self._segments.sealed))
+            return n, self._rows["embeddings"].a[:n], self._rows["ids"].a[:n], self._live.a[:n], seg
+
+    def _plain(self, q: np.ndarray, k: int, snap) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest live rows ``(distances, rows)`` ``(len(q), k)``, ``inf`` / ``-1`` past them."""
+        n, emb, _ids, live, seg = snap
+        dist = np.full((len(q), k), np.inf, dtype=np.float32)
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        if not n or not len(q):
+            return dist, rows
+        if seg is not None and seg[1]:
+            return seg[0].search(q, k, emb, live, n)
+        import faiss
+
+        extra = 0 if seg is None else int(n - live.sum())  # an ANN store's removed rows are not poisoned
+        kk = min(k + extra, n)
+        d2, found = faiss.knn(q, emb, kk)  # removed rows hold POISON: last, and only when k > live rows
+        if kk > k:  # the first k live ones
+            keep = live[np.maximum(found, 0)] & (found >= 0)
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+            d2, found = np.take_along_axis(d2, order, 1), np.take_along_axis(np.where(keep, found, -1), order, 1)
+            kk = k
+        ok = found >= 0
+        ok[ok] = live[found[ok]]
+        rows[:, :kk] = np.where(ok, found, -1)
+        dist[:, :kk] = np.where(ok, np.sqrt(np.maximum(d2, 0)), np.inf)
+        return dist, rows
 
     @staticmethod
     def _finish(q: np.ndarray, emb: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, ids)`` of the chosen ``rows`` ``(Q, k)`` (``-1``: none): each distance computed again
         as the norm of the difference (exact near 0, where the square root of FAISS's or :meth:`distances`'
         ``|q|^2 + |x|^2 - 2 q.x`` is off by up to ~5e-4), the same way for a plain and a grouping search, then
-        sorted by distance, lower row first on a tie."""
+        sorted by distance, lower row first on a tie (FAISS's heap promises no order among ties; which of
+        several rows tied at the k-th place is returned is FAISS's choice)."""
         found = rows >= 0
         if not len(emb):
             return np.full(rows.shape, np.inf, dtype=np.float32), np.full(rows.shape, -1, dtype=np.int64)
@@ -298,34 +560,6 @@ class MemeIndex:
         dist, r, found = (np.take_along_axis(a, order, 1) for a in (dist, r, found))
         return dist, np.where(found, ids[r], -1)
 
-    def _flat_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`search` without grouping: the k nearest rows from ``faiss.IndexFlatL2`` (exact), their distances
-        from :meth:`_finish`.
-
-        Within the k returned, rows of equal distance come lower row first (re-sorted in :meth:`_finish`: FAISS's
-        heap does not promise an order among ties); which of several rows tied at the k-th place is returned is
-        FAISS's choice, as it is NumPy's ``argpartition``'s in :func:`top_k`."""
-        q = self._queries(queries)
-        emb, ids, flat = self._flat_index(len(q))
-        rows = np.full((len(q), k), -1, dtype=np.int64)
-        if len(ids) and len(q):
-            kk = min(k, len(ids))
-            rows[:, :kk] = flat.search(q, kk)[1]
-        return self._finish(q, emb, ids, rows)
-
-    def _flat_index(self, n_queries: int):
-        """``(embeddings, ids, faiss.IndexFlatL2 or None)`` of one consistent state (built at the first search,
-        extended by :meth:`add`, dropped by a removal); ``None`` when there is nothing to search."""
-        with self._flat_lock:
-            emb, ids, flat = self._emb, self._ids, self._flat
-            if flat is None and len(emb) and n_queries:
-                import faiss
-
-                flat = faiss.IndexFlatL2(self.embedder.dim)
-                flat.add(np.ascontiguousarray(emb))
-                self._flat = flat
-        return emb, ids, flat
-
     def _queries(self, queries: np.ndarray) -> np.ndarray:
         """``(Q, D) float32`` C-contiguous, from ``(Q, D)`` or ``(D,)``; ``ValueError`` for another dimension."""
         q = np.asarray(queries, dtype=np.float32)
@@ -334,6 +568,35 @@ class MemeIndex:
         if q.ndim != 2 or q.shape[1] != self.embedder.dim:
             raise ValueError(f"queries have dimension {q.shape[-1]}, index has {self.embedder.dim}")
         return np.ascontiguousarray(q)
+
+    # -- ANN -----------------------------------------------------------------------------------------------
+    @property
+    def ann(self):
+        """The :class:`~facial_search.index.ann.HNSWParams` of an ANN store, ``None`` for exact search."""
+        return self._ann
+
+    def set_ann(self, params) -> None:
+        """Search through HNSW graphs with ``params`` from now on (``None``: exactly). The graphs are built at
+        the next :meth:`commit` (the whole store at once: ~4 minutes a million rows on 2 cores); a change of
+        ``ef_search`` alone keeps them."""
+        with self._lock:
+            if params == self._ann:
+                return
+            old = self._ann
+            self._ann = params
+            self._meta_changed = True
+            if params is None:
+                self._segments = None
+                self._poison(np.flatnonzero(~self._live.view))
+            elif old is None or old.M != params.M:
+                self._segments = Segments(params)
+                if old is None and self._dead:
+                    self._state = None  # poisoned rows must not reach a graph: compacted away at the next commit
+            else:
+                self._segments.params = params
+                for s in self._segments.sealed:
+                    s.graph.params = params
+            self._cache.clear()
 
     # -- persistence ------------------------------------------------------------------------------------
     @staticmethod
@@ -344,8 +607,11 @@ class MemeIndex:
         return IndexWriter(path)
 
     def save(self, path: str | os.PathLike, *, lock: IndexWriter | None = None) -> None:
-        """Write atomically to ``path`` (format: :mod:`facial_search.index.fileformat`; temporary file in the
-        same folder, fsync, rename; permissions those of the index it replaces or of any new file).
+        """Write to ``path`` (format 3, :mod:`facial_search.index.fileformat`). To the index's own file, a
+        save is a commit: what changed since the last one is appended and fsynced (the file is rewritten only
+        to convert an older version or to compact it: when more than half of it is dead). Elsewhere the whole
+        index is written atomically (a temporary file in the same folder, fsync, rename; permissions those of
+        the file it replaces or of any new file).
 
         Args:
             lock: the held :meth:`writer` of ``path``. Without it, the save takes the writer lock for its own
@@ -356,28 +622,180 @@ class MemeIndex:
             IndexLockedError: another process is writing ``path`` (an ``index`` run).
             ValueError: ``lock`` is not held, or is the lock of another file.
             OutputError: the folder or the lock file cannot be created.
-            OSError: the index cannot be written (full or read-only file system).
+            OSError: the index cannot be written (full or read-only file system): nothing is lost, the next
+                save writes it again.
         """
         if lock is not None and not lock.covers(path):
             raise ValueError(f"{lock!r} is not a held writer lock of {path}")
-        contents = IndexContents(
-            version=FORMAT_VERSION,
-            embedder=asdict(self.embedder),
-            next_id=self.next_id,
-            entries=[asdict(self._entries[int(i)]) for i in self._ids],
-            files={s: asdict(r) for s, r in self.files.items()},
-            embeddings=self._emb,
-            ids=self._ids,
-        )
         if lock is not None or held_writer(path) is not None:
-            write_index(path, contents)
+            self._write(Path(path))
         else:
             with IndexWriter(path):
-                write_index(path, contents)
+                self._write(Path(path))
+
+    def _own(self, path: Path) -> bool:
+        if self._path is None:
+            return False
+        return os.path.abspath(path) == os.path.abspath(self._path)
+
+    def _write(self, path: Path) -> None:
+        with self._lock:
+            self._assign_groups()
+            own = self._own(path)
+            if own and self._state is not None and not self._compaction_due():
+                if self._segments is not None:
+                    self._segments.seal(self._rows["embeddings"].a, self._live.n)
+                head, sections, dead = self._commit_record(full=False)
+                try:
+                    self._state = append_commit(path, self._state, head, sections, dead)
+                except StaleFileError:
+                    pass  # replaced or cut by someone else: write it whole below
+                else:
+                    self._after_write()
+                    return
+            if self._dead:
+                self._compact()
+            if self._segments is not None:  # a whole file: every row in a graph
+                self._segments.seal(self._rows["embeddings"].a, self._live.n, force=True)
+            self._relabel_to_roots()
+            head, sections, _ = self._commit_record(full=True)
+            seq = self._state.seq + 1 if own and self._state is not None else 1
+            state = write_new(path, head, sections, seq=seq)
+            if own:
+                self._state = state
+                self._after_write()
+
+    def _relabel_to_roots(self) -> None:
+        """Every row's and source's label becomes its root (the same groups; a whole write records no merges)."""
+        g = self._rows["group"]
+        g.a[: g.n] = self._groups.roots(g.view)
+        lab = self._per_source["label"]
+        known = lab.view >= 0
+        lab.a[: lab.n][known] = self._groups.roots(lab.view[known])
+
+    def _compaction_due(self) -> bool:
+        """Whether the next commit rewrites the file whole: more than half of it dead (removed rows, superseded
+        records and graphs), or more than :data:`MAX_RECORDS` commits in it."""
+        s = self._state
+        dead = s.dead_bytes + sum(len(r) for r in self._removed) * row_bytes(self.embedder.dim)
+        return dead * 2 > s.end or s.records >= MAX_RECORDS
+
+    def _after_write(self) -> None:
+        self._reset_pending()
+        f = self._per_source["in_file"]
+        f.a[: f.n] = self._files["has"].a[: f.n]
+        if self._segments is not None:
+            for s in self._segments.sealed:
+                s.saved = True
+
+    def _commit_record(self, *, full: bool) -> tuple[dict, list, int]:
+        """``(head, sections, dead bytes)`` of a commit: everything (``full``: a base record, after
+        :meth:`_compact`) or what changed since the last write."""
+        r0, s0, t0 = (0, 0, 0) if full else self._done
+        n, ns, nt = self._live.n, len(self._sources), len(self._texts)
+        rows = {name: g.a[r0:n] for name, g in self._rows.items()}
+        dead_new = ~self._live.a[r0:n]
+        if dead_new.any() and self._ann is None:  # removed before ever written: zeros (POISON is no unit vector)
+            rows["embeddings"] = rows["embeddings"].copy()
+            rows["embeddings"][dead_new] = 0.0
+        sections = [(name, rows[name]) for name in ROW_COLUMNS]
+        blob_bytes = []
+        for table, a, what in ((self._sources, s0, "source"), (self._texts, t0, "text")):
+            first = int(table.ends.a[a - 1]) if a else 0
+            lengths = np.diff(np.r_[first, table.ends.a[a : len(table)]]).astype("<u4")
+            sections += [(f"{what}_lengths", lengths), (f"{what}_bytes", table.blob.a[first : table.blob.n])]
+            blob_bytes.append(table.blob.n - first)
+        removed = np.zeros(0, np.int64) if full or not self._removed else np.concatenate(self._removed)
+        has, in_file = self._files["has"].a[:ns], self._per_source["in_file"].a[:ns]
+        if full:
+            changed, dropped = np.flatnonzero(has), np.zeros(0, np.int64)
+        else:
+            touched = np.array(sorted(self._files_changed), dtype=np.int64)
+            changed = touched[has[touched]]
+            dropped = touched[~has[touched] & (touched < len(in_file)) & in_file[touched]]
+        sections.append(("removed", removed.astype("<i8")))
+        sections.append(("file_source", changed.astype("<i4")))
+        sections += [(f"file_{k}", self._files[k].a[changed].astype(d)) for k, d in FILE_COLUMNS.items()]
+        sections.append(("files_removed", dropped.astype("<i4")))
+        merges = np.zeros((0, 2), np.int64) if full or not self._merges else np.concatenate(self._merges)
+        sections.append(("merges", merges))
+        segs = []
+        if self._segments is not None:
+            for s in self._segments.sealed:
+                if full or not s.saved:
+                    data = np.frombuffer(s.graph.to_bytes(), dtype=np.uint8)
+                    segs.append([s.start, s.end, len(data)])
+                    sections.append(("graph", data))
+        head = {
+            "next_id": self.next_id,
+            "next_group": len(self._groups.parent),
+            "rows": [r0, n - r0],
+            "sources": [s0, ns - s0, blob_bytes[0]],
+            "texts": [t0, nt - t0, blob_bytes[1]],
+            "removed": len(removed),
+            "files": len(changed),
+            "files_removed": len(dropped),
+            "merges": len(merges),
+            "segments": segs,
+        }
+        if full or self._meta_changed or self._state is None:
+            head["meta"] = {"format": FORMAT_NAME, "embedder": asdict(self.embedder),
+                            "ann": None if self._ann is None else self._ann.to_dict()}  # fmt: skip
+        dead = len(removed) * (row_bytes(self.embedder.dim) + 8)
+        dead += int((has[changed] & in_file[changed]).sum()) * FILE_RECORD_BYTES if len(changed) else 0
+        return head, sections, dead
+
+    def _compact(self) -> None:
+        """Drop the removed rows from memory (before a whole write): rows, strings no longer used and file
+        records are renumbered; the ANN segments are dropped (rebuilt by the next seal)."""
+        keep = np.flatnonzero(self._live.view)
+        dim = self.embedder.dim
+        rows = {}
+        for name, (d, s) in ROW_COLUMNS.items():
+            g = Grow(d, (dim,) if name == "embeddings" else s, max(16, 2 * len(keep)))
+            g.extend(self._rows[name].view[keep])
+            rows[name] = g
+        has = self._files["has"].view
+        used_src = np.union1d(rows["source"].view, np.flatnonzero(has))
+        recs = np.flatnonzero(has)
+        used_txt = np.union1d(
+            rows["title"].view, np.r_[self._files["skipped"].view[recs], self._files["finder"].view[recs]]
+        )
+        used_txt = used_txt[used_txt >= 0]
+        src_map = np.full(len(self._sources), -1, np.int64)
+        src_map[used_src] = np.arange(len(used_src))
+        txt_map = np.full(len(self._texts) + 1, -1, np.int64)  # [-1] stays -1
+        txt_map[used_txt] = np.arange(len(used_txt))
+        rows["source"].a[: len(keep)] = src_map[rows["source"].view]
+        rows["title"].a[: len(keep)] = txt_map[rows["title"].view]
+        files = {}
+        for k, g in self._files.items():
+            files[k] = Grow(g.a.dtype, (), max(16, 2 * len(used_src)))
+            v = g.view[used_src]
+            files[k].extend(txt_map[v] if k in ("skipped", "finder") else v)
+        per = {}
+        for k, g in self._per_source.items():
+            per[k] = Grow(g.a.dtype, (), max(16, 2 * len(used_src)))
+            per[k].extend(g.view[used_src])
+        self._rows, self._files, self._per_source = rows, files, per
+        self._sources, self._texts = self._sources.gather(used_src), self._texts.gather(used_txt)
+        self._text_ids = TextIds(self._texts)
+        self._live = Grow(bool, (), max(16, 2 * len(keep)))
+        self._live.extend(np.ones(len(keep), bool))
+        self._dead = 0
+        self._grouped = len(keep)
+        self._groups.reset_index()
+        if self._segments is not None:
+            self._segments = Segments(self._ann)
+        self._state = None  # the file's rows are no longer ours: rewrite it whole
+        self._reset_pending()
+        self._per_source["in_file"].a[:] = False
+        self._cache.clear()
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: EmbedderInfo | None = None) -> MemeIndex:
-        """Read an index file, checked throughout (:func:`~facial_search.index.fileformat.read_index`).
+        """Read an index file, checked throughout (:func:`~facial_search.index.fileformat.read_index`: format 3,
+        or 1 and 2, which the first commit rewrites as 3). At 1M faces: ~1 s, and the memory of its columns.
 
         Args:
             expect: when given, the embedder the caller will query with.
@@ -388,20 +806,51 @@ class MemeIndex:
             IndexVersionError: written by a newer format version (a subclass of ``IndexFormatError``).
             EmbedderMismatchError: built by another embedder than ``expect``.
         """
-        contents = read_index(path)
-        info = EmbedderInfo(**contents.embedder)
-        index = cls(info, path=path)
+        got = read_index(path)
+        ann = None
+        if got.meta["ann"] is not None:
+            from facial_search.index.ann import HNSWParams
+
+            ann = HNSWParams.from_dict(got.meta["ann"])
+        index = cls(EmbedderInfo(**got.meta["embedder"]), path=path, ann=ann)
         check_embedder(index, expect)
-        index._emb = contents.embeddings
-        index._ids = contents.ids
-        index._entries = {e["id"]: Entry(**e) for e in contents.entries}
-        index.files = {s: FileRecord(**r) for s, r in contents.files.items()}
-        index.next_id = contents.next_id
+        index._rows, index._live, index._sources, index._texts = got.rows, got.live, got.sources, got.texts
+        index._text_ids = TextIds(index._texts)
+        index._files = got.files
+        index.next_id = got.next_id
+        index._dead = int((~got.live.view).sum())
+        n_src = len(got.sources)
+        per_live = np.bincount(got.rows["source"].view[got.live.view], minlength=n_src).astype(np.int64)
+        index._per_source = {"live": Grow.adopt(per_live, n_src), "in_file": Grow(bool), "label": Grow(np.int64)}
+        index._per_source["in_file"].extend(got.files["has"].view if got.state is not None else np.zeros(n_src, bool))
+        labels = np.full(n_src, -1, np.int64)
+        live_rows = np.flatnonzero(got.live.view)
+        labels[got.rows["source"].view[live_rows]] = got.rows["group"].view[live_rows]
+        index._per_source["label"].extend(labels)
+        index._groups.set_labels(got.next_group, got.merges)
+        grouped = got.rows["group"].view >= 0
+        index._grouped = len(grouped) if grouped.all() else int(np.argmin(grouped))
+        dead = ~got.live.view
+        if index._segments is not None:
+            try:
+                index._segments.load(got.segments, got.rows["embeddings"].a)
+            except ValueError as e:
+                raise IndexFormatError(f"{path}: damaged index: {e}") from None
+            for s in index._segments.sealed:
+                s.dead = int(dead[s.start : s.end].sum())
+        else:
+            index._poison(np.flatnonzero(dead))
+        index._state = got.state
+        index._reset_pending()
+        if got.state is None:  # an older version: rewritten whole at the first commit
+            index._done = (0, 0, 0)
         return index
 
     # -- the rest of the Store protocol ------------------------------------------------------------------------
     def commit(self) -> None:
-        """Save atomically to the index's path (:meth:`save`; with its writer lock where it holds it).
+        """Make everything added or removed so far durable in the index's file (:meth:`save` to its path: an
+        append of what changed, fsynced; with its writer lock where it holds it). A process killed after this
+        returns loses none of it; one killed during it leaves the file as of the commit before.
 
         Raises:
             ValueError: an index made in memory, without a path (use :meth:`save`).
@@ -413,14 +862,17 @@ class MemeIndex:
         self.save(self._path, lock=writer)
 
     def describe(self) -> dict:
-        """What ``facial-search info`` shows: ``{"backend": "file (exact)", "uri", "faces", "pictures" (groups
-        of :meth:`source_groups`), "images" (files processed), "skipped", "embedder" (name), "embedder_version",
-        "dim", "format_version"}`` (the version :meth:`save` writes)."""
-        return {"backend": "file (exact)", "uri": self.uri, "faces": self.ntotal,
-                "pictures": len(np.unique(self.source_groups())), "images": len(self.files),
-                "skipped": len(self.skipped), "embedder": self.embedder.name,
+        """What ``facial-search info`` shows: ``{"backend": "file (exact)" or "file (hnsw)", "uri", "faces",
+        "pictures" (groups of :meth:`source_groups`), "images" (files processed), "skipped", "embedder"
+        (name), "embedder_version", "dim", "format_version" (the version :meth:`save` writes), "ann" (``None``,
+        or ``{"M", "ef_construction", "ef_search"}``), "segments" (HNSW graphs: sealed segments, 0 when
+        exact)}``."""
+        return {"backend": "file (exact)" if self._ann is None else "file (hnsw)", "uri": self.uri,
+                "faces": self.ntotal, "pictures": int(self.source_groups().max(initial=-1)) + 1,
+                "images": len(self.files), "skipped": len(self.skipped), "embedder": self.embedder.name,
                 "embedder_version": self.embedder.version, "dim": self.embedder.dim,
-                "format_version": FORMAT_VERSION}  # fmt: skip
+                "format_version": FORMAT_VERSION, "ann": None if self._ann is None else self._ann.to_dict(),
+                "segments": 0 if self._segments is None else len(self._segments.sealed)}  # fmt: skip
 
     def hold_writer(self) -> MemeIndex:
         """Take the writer lock of the index's path and hold it until :meth:`close`; returns ``self``.
@@ -451,6 +903,65 @@ class MemeIndex:
         return f"MemeIndex({self.uri!r}, embedder={self.embedder}, faces={self.ntotal})"
 
 
+class _Files(Mapping):
+    """``MemeIndex.files``: ``{source: FileRecord}``, read from the columns when asked."""
+
+    def __init__(self, index: MemeIndex):
+        self._index = index
+
+    def _sid(self, source) -> int | None:
+        if not isinstance(source, str):
+            return None
+        sid = self._index._sources.find(encode(source))
+        has = self._index._files["has"]
+        return sid if sid is not None and sid < has.n and has.a[sid] else None
+
+    def __getitem__(self, source: str) -> FileRecord:
+        sid = self._sid(source)
+        if sid is None:
+            raise KeyError(source)
+        f, texts = self._index._files, self._index._texts
+        skipped, finder = int(f["skipped"].a[sid]), int(f["finder"].a[sid])
+        return FileRecord(int(f["size"].a[sid]), int(f["mtime_ns"].a[sid]), int(f["faces"].a[sid]),
+                          texts.get(skipped) if skipped >= 0 else None, texts.get(finder) if finder >= 0 else None)  # fmt: skip
+
+    def __contains__(self, source) -> bool:
+        return self._sid(source) is not None
+
+    def __iter__(self):
+        sources = self._index._sources
+        return (sources.get(int(s)) for s in np.flatnonzero(self._index._files["has"].view))
+
+    def __len__(self) -> int:
+        return int(self._index._files["has"].view.sum())
+
+
+def _parse_entries(entries: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(face, box (n, 4), picture_hash, flags)`` columns of :meth:`MemeIndex.add` entries; ValueError for a bad
+    one (the message names it)."""
+    n = len(entries)
+    faces = np.empty(n, np.int64)
+    boxes = np.empty((n, 4), np.int64)
+    hashes = np.zeros(n, np.uint64)
+    flags = np.zeros(n, np.uint8)
+    for i, e in enumerate(entries):
+        face, box, h = e["face"], e["box"], e.get("picture_hash")
+        if isinstance(face, bool) or not isinstance(face, int | np.integer) or face < 0:
+            raise ValueError(f"entries[{i}]: face must be an integer >= 0 (got {face!r})")
+        try:
+            b = [int(v) for v in box]
+        except (TypeError, ValueError):
+            b = []
+        if len(b) != 4 or any(not -(2**31) <= v < 2**31 for v in b):
+            raise ValueError(f"entries[{i}]: box must be 4 integers (x, y, w, h), got {box!r}")
+        faces[i], boxes[i] = face, b
+        if h is not None:
+            if not isinstance(h, str) or not _HEX16.fullmatch(h):
+                raise ValueError(f"entries[{i}]: picture_hash must be 16 hex digits or None (got {h!r})")
+            hashes[i], flags[i] = int(h, 16), HAS_HASH
+    return faces, boxes, hashes, flags
+
+
 #: URI schemes :func:`open_store` knows, besides a plain path.
 FILE_SCHEME, MILVUS_SCHEMES = "file://", ("milvus-lite://", "milvus://")
 
@@ -476,6 +987,7 @@ def open_store(
     embedder: EmbedderInfo | None = None,
     create: bool = False,
     writer: bool = False,
+    ann=None,
 ) -> Store:
     """Open the store at ``uri`` (``facial_search.index.open``): the backend comes from the URI.
 
@@ -493,6 +1005,10 @@ def open_store(
         writer: file stores: hold the writer lock of the file from before it is read until ``close()``, so that
             no other process writes it meanwhile (a second writer is refused at once). A Milvus store assumes
             one writer (see its module) and takes no lock.
+        ann: file stores: how to search, recorded in the file: an :class:`~facial_search.index.ann.HNSWParams`
+            (HNSW graphs, :mod:`facial_search.index.segments`), ``"exact"``, or ``None`` to keep the store's own
+            setting (exact for a new one). A change takes effect at the next commit, which builds (or drops)
+            the graphs.
 
     Returns:
         a :class:`~facial_search.index.base.Store`; close it (or use it as a context manager).
@@ -507,7 +1023,14 @@ def open_store(
         OutputError: ``writer`` or ``create``, and nothing can be written at the path.
         IndexBackendError: a Milvus server that cannot be reached.
         ValueError: ``create`` without ``embedder``.
+        OptionError: ``ann`` neither ``None``, ``"exact"`` nor HNSW parameters, or given for a Milvus store
+            (whose index types Milvus sets).
     """
+    if ann is not None and ann != EXACT:
+        from facial_search.index.ann import HNSWParams
+
+        if not isinstance(ann, HNSWParams):
+            raise OptionError(f"ann: must be None, {EXACT!r} or HNSWParams (got {ann!r})")
     if create and embedder is None:
         raise ValueError("create=True needs the embedder (the store records it)")
     text = os.fsdecode(os.fspath(uri))
@@ -517,9 +1040,13 @@ def open_store(
             scheme = text.split("://", 1)[0]
             known = ", ".join(f"{s}..." for s in (FILE_SCHEME, *MILVUS_SCHEMES))
             raise IndexURIError(f"{text}: unknown index URI scheme {scheme!r} (a path, or one of {known})")
+        if ann is not None:
+            raise OptionError(f"{text}: ann (--ann) applies to file stores only; Milvus chooses its own index")
         store = _open_milvus(text, embedder, create)
     else:
         store = _open_file(text, path, embedder, create, writer)
+        if ann is not None:
+            store.set_ann(None if ann == EXACT else ann)
     try:
         check_embedder(store, embedder)
     except BaseException:
@@ -559,5 +1086,5 @@ def _open_milvus(uri: str, embedder: EmbedderInfo | None, create: bool) -> Store
     return MilvusStore.open(uri, embedder=embedder, create=create)
 
 
-__all__ = ["EmbedderInfo", "Entry", "FileRecord", "MemeIndex", "FORMAT_NAME", "FORMAT_VERSION", "check_embedder",
+__all__ = ["EXACT", "EmbedderInfo", "Entry", "FileRecord", "MemeIndex", "FORMAT_NAME", "FORMAT_VERSION", "check_embedder",
            "file_path", "group_layout", "group_min", "open_store", "top_k"]  # fmt: skip
