@@ -169,3 +169,21 @@ class LiveServer:
         self._thread.join(30)
         assert not self._thread.is_alive(), "uvicorn did not stop"
         self._server = self._thread = None
+
+
+# -- the browser tests' Chromium (Debian's, headless, fake camera) ------------------------------------------
+CHROMIUM = os.environ.get("FACIAL_SEARCH_CHROMIUM", "/usr/bin/chromium")
+#: Playwright context options of a phone and of a desktop window.
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+#: Chromium's flags for the page tests that use the camera (a fake one) and no network beyond the server.
+CAMERA_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-CHROMIUM = os.environ.get("FACIAL_SEARCH_CHROMIUM", "/usr/bin/chromium")
+from helpers import CHROMIUM, DESKTOP, PHONE  # noqa: E402
 
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
@@ -28,8 +27,6 @@ import cv2  # noqa: E402
 
 from facial_search.web import SearchPool, create_app  # noqa: E402
 
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 BASE_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-CHROMIUM = os.environ.get("FACIAL_SEARCH_CHROMIUM", "/usr/bin/chromium")
+from helpers import CHROMIUM, DESKTOP, PHONE  # noqa: E402
 
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
@@ -41,8 +40,6 @@ from facial_search.web.ondevice import VENDOR_FILES, vendor_file  # noqa: E402
 if any(vendor_file(n) is None for n in VENDOR_FILES):
     pytest.skip("the browser packages are not installed (npm ci; make test runs it)", allow_module_level=True)
 
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",  # WebGL (which MediaPipe's image input needs) then runs on SwiftShader, on the CPU

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-CHROMIUM = os.environ.get("FACIAL_SEARCH_CHROMIUM", "/usr/bin/chromium")
+from helpers import CAMERA_FLAGS as FLAGS  # noqa: E402
+from helpers import CHROMIUM, DESKTOP, PHONE  # noqa: E402
 
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
@@ -42,18 +42,6 @@ from facial_search.web.ondevice import VENDOR_FILES, embedder_label, vendor_file
 if any(vendor_file(n) is None for n in VENDOR_FILES):
     pytest.skip("the browser packages are not installed (npm ci; make test runs it)", allow_module_level=True)
 
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
 TIMEOUT_MS = 120_000
 #: Paths private mode may ask for once it is on: static files, the models, the index, the thumbnails.
 STATIC = re.compile(
