@@ -9,13 +9,19 @@ latency (one query a call, ``--threads`` FAISS threads), all searches timed in t
 they see the same machine load. Keys ``hnsw_*`` and ``ivf_*`` are ours; ``ann_*``, ``build_s``,
 ``add_10k_s`` and ``bytes`` repeat the first of ``--index``.
 
+``--store ROWS`` also measures each of ours as the file store holds it (``--ann hnsw|ivf``:
+:class:`facial_search.index.segments.Segments`, sealed segments merged as they grow, an IVF one rebuilt when
+its lists would change): the rows given ``ROWS`` at a time (one commit each; ``SEAL_ROWS`` 16,384), keys
+``store_{kind}_*`` (build_s: all the commits' seals and merges; segments; ms p50/p99, recall@3) and
+``store_{kind}_vs_{kind}_ms``, the segmented search's time against the one index's in the same run.
+
 recall@3 counts a returned row as right when its exact distance is within the exact third-nearest's (ties
 count: 20% of the rows are exact copies, so which of two equal rows comes back is arbitrary);
 ``..._id_recall_at_3`` is the plain share of exact ids found, ``..._d3_within_1pct`` the share of queries
 whose third result is within 1% of the exact third-nearest's distance.
 
     python benchmarks/bench_ann.py [--n 100000] [--index hnsw,ivf] [--queries 1000] [--sweep] [--no-reference]
-                                   [--json]
+                                   [--store ROWS] [--json]
 """
 
 from __future__ import annotations
@@ -99,6 +105,24 @@ def build(kind: str, x: np.ndarray, add_n: int, params, r: dict):
     return index
 
 
+def build_store(kind: str, x: np.ndarray, params, rows: int, r: dict):
+    """The segments a file store with ``ann=params`` holds after taking ``x`` in commits of ``rows`` rows
+    (each commit seals the tail once it has ``SEAL_ROWS`` rows, as :meth:`MemeIndex.commit` does)."""
+    from facial_search.index.segments import Segments
+
+    seg = Segments(params)
+    t = time.perf_counter()
+    for end in range(rows, len(x) + rows, rows):
+        seg.seal(x, min(end, len(x)))
+    r[f"store_{kind}_build_s"] = time.perf_counter() - t
+    r[f"store_{kind}_segments"] = [s.end - s.start for s in seg.sealed]
+    r[f"store_{kind}_tail"] = len(x) - seg.tail_start
+    if kind == "ivf":
+        r["store_ivf_lists"] = [s.graph.nlist for s in seg.sealed]
+    live = np.ones(len(x), bool)
+    return lambda q, **kw: seg.search(q, 3, x, live, len(x), **kw)
+
+
 def ann_figures(kind: str, x: np.ndarray, queries: np.ndarray) -> dict:
     """Our ``kind`` (``"hnsw"`` or ``"ivf"``) index at its default parameters over ``x``: the ``ann_*`` keys of
     ``bench_scale.py --ann KIND`` (build, bytes, single-query top-3 p50/p99 ms, recall@3 against exact)."""
@@ -136,6 +160,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also report each index at other efSearch / nprobe")
     ap.add_argument("--threads", type=int, default=1, help="FAISS threads while searching (build: all cores)")
     ap.add_argument("--no-reference", action="store_true", help="skip the stock FAISS HNSW (its build is slow)")
+    ap.add_argument("--store", type=int, metavar="ROWS", help="also measure the store's segments, ROWS a commit")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     kinds = [k.strip() for k in args.index.split(",") if k.strip()]
@@ -159,6 +184,7 @@ def main() -> None:
     exact_ids = flat.search(queries, 20)[1]
     kth = exact_kth(x, queries, exact_ids, 3)
     ours = {kind: build(kind, x, add_n, params[kind], r) for kind in kinds}
+    stores = {kind: build_store(kind, x, params[kind], args.store, r) for kind in kinds} if args.store else {}
     r["vectors_bytes"] = x.nbytes
 
     ref = None
@@ -179,8 +205,8 @@ def main() -> None:
     ref_params.efSearch = args.ref_ef_search
     # FAISS flat alone (a scan of all the vectors would evict the others' memory), then the ANN ones in turn
     r["faiss_flat_ms_p50"] = statistics.median(timed_each(timed[:100], [lambda q: flat.search(q, 3)])[0])
-    names = list(kinds)
-    fns = [lambda q, i=index: i.search(q, 3) for index in ours.values()]
+    names = list(kinds) + [f"store_{kind}" for kind in stores]
+    fns = [lambda q, i=index: i.search(q, 3) for index in ours.values()] + list(stores.values())
     if ref is not None:
         names.append("faiss_hnsw")
         fns.append(lambda q: ref.search(q, 3, params=ref_params))
@@ -190,6 +216,10 @@ def main() -> None:
         rec = recall_at_k(x, queries, kth, exact_ids, index.search(queries, 3)[1])
         r[f"{kind}_recall_at_3"], r[f"{kind}_id_recall_at_3"], r[f"{kind}_d3_within_1pct"] = rec
         r[f"{kind}_vs_faiss_flat_ms"] = r[f"{kind}_ms_p50"] / r["faiss_flat_ms_p50"]
+    for kind, search in stores.items():
+        rec = recall_at_k(x, queries, kth, exact_ids, search(queries)[1])
+        r[f"store_{kind}_recall_at_3"], r[f"store_{kind}_id_recall_at_3"], r[f"store_{kind}_d3_within_1pct"] = rec
+        r[f"store_{kind}_vs_{kind}_ms"] = r[f"store_{kind}_ms_p50"] / r[f"{kind}_ms_p50"]
     if ref is not None:
         r["faiss_hnsw_ef_search"] = args.ref_ef_search
         ref_rows = ref.search(queries, 3, params=ref_params)[1]

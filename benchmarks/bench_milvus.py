@@ -81,6 +81,45 @@ def rss_mb(pid: int | None = None) -> float:
     return float("nan")
 
 
+def lite_search(folder: Path, x: np.ndarray, entries: list[dict], groups: list[str], queries: np.ndarray) -> dict:
+    """Milvus Lite (``milvus-lite://`` in ``folder``) filled with ``x`` in calls of 5,000 (their groups given:
+    no duplicate search), flushed, reopened; then top-3, one query a call, against FAISS ``IndexFlatL2`` over the
+    same rows, the two interleaved query by query. Keys ``milvus_lite_*`` (``_n``, ``_fill_s``,
+    ``_commit_s``, ``_open_s``, ``_ms_p50``, ``_exact_share``: top-3 distances equal to FAISS's),
+    ``faiss_flat_lite_n_ms_p50`` and ``milvus_lite_vs_faiss`` (p50 ratio)."""
+    info = EmbedderInfo("expression", "bench", x.shape[1])
+    uri = f"milvus-lite://{folder}/scale.db"
+    r: dict = {"milvus_lite_n": len(x)}
+    with MilvusStore.open(uri, embedder=info, create=True) as s:
+        t = time.perf_counter()
+        for start in range(0, len(x), 5_000):
+            s.add(x[start : start + 5_000], entries[start : start + 5_000], groups=groups[start : start + 5_000])
+        r["milvus_lite_fill_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        s.commit()
+        r["milvus_lite_commit_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    s = MilvusStore.open(uri, embedder=info)
+    r["milvus_lite_open_s"] = time.perf_counter() - t
+    flat = faiss.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    with s:
+        s.search(queries[:1], 3)  # the first search loads the collection
+        times: dict[str, list[float]] = {"lite": [], "flat": []}
+        for q in queries:
+            for key, fn in (("lite", lambda v: s.search(v, 3)), ("flat", lambda v: flat.search(v, 3))):
+                t = time.perf_counter()
+                fn(q[None])
+                times[key].append((time.perf_counter() - t) * 1000)
+        got = s.search(queries, 3)[0]
+    want = np.sqrt(np.maximum(flat.search(queries, 3)[0], 0))  # FAISS gives squared L2
+    r["milvus_lite_ms_p50"] = float(np.median(times["lite"]))
+    r["faiss_flat_lite_n_ms_p50"] = float(np.median(times["flat"]))
+    r["milvus_lite_vs_faiss"] = r["milvus_lite_ms_p50"] / r["faiss_flat_lite_n_ms_p50"]
+    r["milvus_lite_exact_share"] = float(np.mean(np.abs(got - want) < 1e-4))
+    return r
+
+
 def bench_backend(uri, x, entries, groups, extra, queries, batch, flat_top3, server_pid=None) -> dict:
     info = EmbedderInfo("expression", "bench", x.shape[1])
     r: dict = {}

@@ -10,10 +10,16 @@ picture groups of every row, then the whole file), 10,000 more added and committ
 fresh processes (so that their RSS is the store's): open, searches and peak RSS; open, add 10,000 faces, their
 picture groups, the commit (an append). Ratios against FAISS.
 
-    python benchmarks/bench_scale.py [--n 100000] [--queries 50] [--ann hnsw|ivf] [--json]
+    python benchmarks/bench_scale.py [--n 100000] [--queries 50] [--ann ivf|hnsw|none] [--ref-n 200000]
+                                     [--milvus-n N] [--json]
 
-``--ann KIND`` adds the ANN index's figures (``bench_ann.ann_figures``: ``ann_ms_p50``, ``ann_ms_p99``,
-``ann_recall_at_3``, ``ann_build_s``, ``ann_bytes``; the index built over the same vectors, outside the store).
+``--ann KIND`` (default ``ivf``) adds the ANN index's figures (``bench_ann.ann_figures``: ``ann_ms_p50``,
+``ann_ms_p99``, ``ann_recall_at_3``, ``ann_build_s``, ``ann_bytes``; the index built over the same vectors,
+outside the store), ``ann_add_10k_s`` (10,000 rows added to it built on the others) and the ANN-add reference,
+stock FAISS HNSW's own add of 10,000 rows at ``--ref-n`` rows (``faiss_hnsw_add_10k_s``, beside ours at that
+size: ``ann_add_vs_faiss_hnsw``). Milvus Lite (``bench_milvus.lite_search``): the first ``--milvus-n`` rows
+(default ``min(n, 200000)``: a Lite fill runs at a few thousand rows a second) filled with their groups, top-3
+p50 (``milvus_lite_ms_p50``, at ``milvus_lite_n`` rows) against FAISS flat over the same rows.
 
 The functions are separate (``real_faces``, ``spread``, ``bench_search``, ``bench_build``, ``bench_open``,
 ``bench_add``) so that other benchmarks can reuse them.
@@ -212,23 +218,64 @@ def bench_add(path: Path) -> dict:
     return {k: v for k, v in r.items() if k.startswith("add_10k")}
 
 
+def bench_ann(kind: str, x: np.ndarray, queries: np.ndarray, ref_n: int) -> dict:
+    """The ANN figures: our ``kind`` index (``bench_ann.ann_figures``: built over all rows, single-query top-3
+    p50/p99, recall@3 against exact); adding 10,000 rows to ours built on the other ``n - 10,000``
+    (``ann_add_10k_s``); and the ANN-add reference, stock FAISS ``IndexHNSWFlat`` (M 32, efConstruction 80)
+    built on the first ``ref_n - 10,000`` rows, given the next 10,000 (``faiss_hnsw_add_10k_s``), beside ours
+    the same way at ``ref_n`` (``ann_add_10k_at_ref_n_s``, ``ann_add_vs_faiss_hnsw``)."""
+    from bench_ann import REF_EF_CONSTRUCTION, REF_M, ann_figures
+    from bench_ann import build as build_ann
+
+    from facial_search.index.ann import PARAMS
+
+    r = ann_figures(kind, x, queries)
+    add_n = 10_000
+    built: dict = {}
+    build_ann(kind, x, add_n, PARAMS[kind](), built)
+    r["ann_add_10k_s"] = built[f"{kind}_add_10k_s"]
+    ref_n = min(ref_n, len(x))
+    ref = faiss.IndexHNSWFlat(x.shape[1], REF_M)
+    ref.hnsw.efConstruction = REF_EF_CONSTRUCTION
+    ref.add(x[: ref_n - add_n])
+    t = time.perf_counter()
+    ref.add(x[ref_n - add_n : ref_n])
+    r["faiss_hnsw_add_10k_s"] = time.perf_counter() - t
+    r["faiss_hnsw_n"] = ref_n
+    del ref
+    if ref_n < len(x):
+        built = {}
+        build_ann(kind, x[:ref_n], add_n, PARAMS[kind](), built)
+    r["ann_add_10k_at_ref_n_s"] = built[f"{kind}_add_10k_s"]
+    r["ann_add_vs_faiss_hnsw"] = r["ann_add_10k_at_ref_n_s"] / r["faiss_hnsw_add_10k_s"]
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--queries", type=int, default=50, help="timed queries of the exact and grouped searches")
+    ap.add_argument("--ann-queries", type=int, default=1000,
+                    help="queries of the ANN figures (recall@3 over all, p50/p99 over the first 500)")  # fmt: skip
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--ann", choices=["hnsw", "ivf"], help="also measure this ANN index (bench_ann.ann_figures)")
+    ap.add_argument("--ann", choices=["hnsw", "ivf", "none"], default="ivf",
+                    help="the ANN index measured (bench_ann.ann_figures), or none")  # fmt: skip
+    ap.add_argument("--ref-n", type=int, default=200_000,
+                    help="rows of the FAISS HNSW add reference (at most --n; its build is slow)")  # fmt: skip
+    ap.add_argument("--milvus-n", type=int, help="rows filled into Milvus Lite (default min(n, 200000); 0: none)")
     args = ap.parse_args()
+    milvus_n = min(args.n, 200_000) if args.milvus_n is None else min(args.milvus_n, args.n)
     emb, hashes = real_faces()
     x, entries = spread(emb, hashes, args.n)
     queries = spread(emb, hashes, args.queries, seed=1)[0]
     r = {"n": args.n, "real_faces": len(emb), "threads": faiss.omp_get_max_threads(), "cpu": _cpu()}
+    r["load_start"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         path = Path(tmp) / "scale.fsindex"
         index, built = bench_build(path, x, entries)
         r |= built
         r["sources"] = len({e["source"] for e in entries})
-        del entries
+        lite_groups = [f"#{g}" for g in index.source_groups()[:milvus_n].tolist()]
         r |= bench_search(index, x, queries)
         t = time.perf_counter()
         index.add(*spread(emb, hashes, 10_000, seed=8, prefix="old-"))
@@ -238,12 +285,20 @@ def main() -> None:
         opened = bench_open(path)
         r |= {k: opened[k] for k in ("open_s", "rss_mb", "rss_now_mb", "first_grouped_s")}
         r |= bench_add(path)
+        path.unlink()
+        if milvus_n:
+            from bench_milvus import lite_search
+
+            r |= lite_search(Path(tmp), x[:milvus_n], entries[:milvus_n], lite_groups, queries)
+        del entries, lite_groups
     r["vectors_mb"] = (len(x) + 10_000) * x.shape[1] * 4 / 2**20  # what the opened store holds
     r["rss_vs_vectors"] = r["rss_mb"] / r["vectors_mb"]
-    if args.ann:
-        from bench_ann import ann_figures
-
-        r |= ann_figures(args.ann, x, queries)
+    r["grouped_vs_plain"] = r["grouped_ms_p50"] / r["exact_ms_p50"]
+    if args.ann != "none":
+        r |= bench_ann(args.ann, x, spread(emb, hashes, args.ann_queries, seed=2)[0], args.ref_n)
+        r["ann_queries"] = args.ann_queries
+        r["ann_vs_faiss_flat"] = r["ann_ms_p50"] / r["faiss_flat_ms_p50"]
+    r["load_end"] = os.getloadavg()[0]
     r["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))

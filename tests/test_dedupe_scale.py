@@ -266,26 +266,31 @@ def test_incremental_groups_are_the_all_pairs_ones(ferplus_faces, tmp_path):
     assert _same_partition(MemeIndex.load(path).source_groups(), want)
 
 
-@pytest.mark.parametrize("bands", [3, 4])
-def test_the_band_index_finds_every_pair_within_the_bits(bands):
-    """Multi-index hashing is exact: every pair of hashes within ``max_bits`` differing bits comes out as a
-    candidate, with 4 bands of 16 bits (radius 2) and with 3 of 21-22 (radius 3, what large stores use)."""
-    from facial_search.index.dedupe import BandIndex
+@pytest.mark.parametrize(("bands", "max_bits"), [(4, 10), (3, 10), (5, 10), (4, 7), (4, 2), (4, 0)])
+def test_the_band_index_finds_every_pair_within_the_bits(bands, max_bits):
+    """Multi-index hashing with the general pigeonhole thresholds is exact: every pair of hashes within
+    ``max_bits`` differing bits comes out, once, and no other, with 4 bands of 16 bits (thresholds 2, 2, 2, 1 at 10
+    bits; 0, 0, 0 and a band not looked up at 2 bits), 3 of 21-22 (3, 3, 2) and 5 of 12-13 (2, 1, 1, 1, 1)."""
+    from facial_search.index.dedupe import BandIndex, band_thresholds
 
-    rng = np.random.default_rng(bands)
+    assert sum(band_thresholds(bands, max_bits)) == max_bits - bands + 1
+    rng = np.random.default_rng(bands + 100 * max_bits)
     base = rng.integers(0, 2**63, 400, dtype=np.int64).astype(np.uint64) * np.uint64(2)
     near = base.copy()
     for i in range(len(near)):  # a partner 0..12 bits away
         for bit in rng.choice(64, int(rng.integers(0, 13)), replace=False):
             near[i] ^= np.uint64(1) << np.uint64(int(bit))
     hashes = np.concatenate([base, near])
-    index = BandIndex(10, bands=bands)
-    index.extend(hashes, np.ones(len(hashes), bool), 500)  # a main part, then a delta part
+    index = BandIndex(max_bits, bands=bands)
+    index.extend(hashes, np.ones(len(hashes), bool), 500)  # rows in two parts
     index.extend(hashes, np.ones(len(hashes), bool), len(hashes))
-    found = set()
-    for a, b in index.candidates(hashes, np.arange(len(hashes))):
-        found.update(zip(a.tolist(), b.tolist(), strict=True))
+    pairs = []
+    for a, b, bits in index.candidates(hashes, np.arange(len(hashes))):
+        pairs += zip(a.tolist(), b.tolist(), strict=True)
+        np.testing.assert_array_equal(bits, np.bitwise_count(hashes[a] ^ hashes[b]))
+    found = set(pairs)
+    assert len(found) == len(pairs)  # each pair once, from the first band that finds it
     bits = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
-    want = {(int(a), int(b)) for a, b in zip(*np.nonzero(bits <= 10), strict=True) if a != b}
-    assert len(index.cuts) == bands and len(want) > 300 and want <= found
-    assert len(found) < len(hashes) ** 2 / 20  # and far from all pairs
+    want = {(int(a), int(b)) for a, b in zip(*np.nonzero(bits <= max_bits), strict=True) if a != b}
+    assert len(index.cuts) == bands and len(want) > 40
+    assert found == want | {(i, i) for i in range(len(hashes))}  # every pair within the bits, none farther

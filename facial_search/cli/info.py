@@ -36,10 +36,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"  faces:    {d['faces']}" + (f" ({d['pictures']} pictures)" if d.get("pictures") is not None else ""))
     for key, value in d.items():
         if key not in JSON_KEYS and key != "embedder_version":
-            print(f"  {key + ':':<9} {value}")
+            print(f"  {key + ':':<9} {_show(value)}")
     if reasons:
         print("  skipped:  " + ", ".join(f"{n} {why or 'other'}" for why, n in reasons.most_common()))
     return 0
+
+
+def _show(value) -> str:
+    """A value of ``describe()`` as ``info`` prints it: a dict (ANN parameters) as ``ivf, nlist 4096, nprobe 16``
+    (``kind`` first, by itself), a list as ``a, b, c`` (empty ones: ``none``), anything else as ``str``."""
+    if isinstance(value, dict):
+        return ", ".join(str(v) if k == "kind" else f"{k} {v}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
 
 
 def _skip_reasons(store):

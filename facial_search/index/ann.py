@@ -1,5 +1,5 @@
 """Approximate nearest-neighbour search over the store's vectors: an HNSW graph (``--ann hnsw``,
-:class:`HNSWGraph`) or an inverted file (:class:`IVFIndex`), both re-ranked exactly.
+:class:`HNSWGraph`) or an inverted file (``--ann ivf``, :class:`IVFIndex`), both re-ranked exactly.
 
 Each walks a FAISS index whose rows carry 8-bit scalar-quantized codes of the vectors (``QT_8bit``: 64 bytes
 a 64-d vector instead of 256), gathers candidates per query, and re-ranks them exactly against the caller's
@@ -12,8 +12,10 @@ back is approximate (recall@k below 1).
   embeddings), ``ef_search`` candidates re-ranked. Grows row by row at no loss.
 - :class:`IVFIndex` (``faiss.IndexIVFScalarQuantizer``, an HNSW over the k-means centroids as coarse
   quantizer, residuals coded): the rows of the ``nprobe`` lists nearest the query scanned, the best
-  :data:`IVF_CANDIDATES` re-ranked. Its lists are trained on the rows it is built on: made for a store's
-  sealed segments (built once); grown far past its build size it scans longer lists (rebuild it).
+  :data:`IVF_CANDIDATES` re-ranked. Its lists are trained on the rows it is built on (:func:`ivf_nlist` of
+  them): made for a store's sealed segments (built once); grown far past its build size it scans longer lists
+  (the store's segments rebuild it when a merge would make twice its lists or more:
+  :mod:`facial_search.index.segments`).
 
 The defaults come from ``benchmarks/bench_ann.py --n 1000000 --sweep``: 1M 64-d rows that resemble real ones
 (710 real FER+ and meme face embeddings, each spread with Gaussian noise of 0.003, 0.01 or 0.03 a dimension
@@ -62,9 +64,11 @@ at 10M, 2.1 GB and 0.74 GB beside the 2.56 GB of vectors.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import faiss
 import numpy as np
@@ -105,14 +109,24 @@ class _Params:
     """to_dict/from_dict and range checks of the frozen parameter dataclasses below."""
 
     _what = ""
+    #: ``"hnsw"`` or ``"ivf"``: the ``"kind"`` key of :meth:`to_dict` (HNSW's dict has none: files written
+    #: before IVF was selectable, and the readers of that release, know HNSW parameters without it).
+    kind: ClassVar[str] = ""
+    #: The fields a built index depends on: another value needs new graphs; the others are search settings.
+    _build_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _check_int(self._what, f.name, getattr(self, f.name)))
 
     def to_dict(self) -> dict:
-        """The parameters by name, JSON-ready."""
+        """The parameters by name, JSON-ready (IVF's with ``"kind": "ivf"`` first)."""
         return asdict(self)
+
+    def build_key(self) -> tuple:
+        """``(kind, build parameters...)``: indexes built with equal keys serve either parameters (HNSW: ``M``;
+        IVF: ``nlist``); ``ef_search``, ``ef_construction`` and ``nprobe`` alone keep them."""
+        return (self.kind, *(getattr(self, name) for name in self._build_fields))
 
     @classmethod
     def from_dict(cls, d):
@@ -125,6 +139,10 @@ class _Params:
         """
         if not isinstance(d, dict):
             raise ValueError(f"{cls._what} parameters must be a mapping, not {type(d).__name__}")
+        if "kind" in d:
+            if d["kind"] != cls.kind:
+                raise ValueError(f"{cls._what} parameters must have kind {cls.kind!r}, not {d['kind']!r}")
+            d = {k: v for k, v in d.items() if k != "kind"}
         names = {f.name for f in fields(cls)}
         missing, unknown = names - d.keys(), d.keys() - names
         if missing or unknown:
@@ -152,6 +170,8 @@ class HNSWParams(_Params):
     """
 
     _what = "HNSW"
+    kind: ClassVar[str] = "hnsw"
+    _build_fields: ClassVar[tuple[str, ...]] = ("M",)
     M: int = 16
     ef_construction: int = 80
     ef_search: int = 192
@@ -159,20 +179,61 @@ class HNSWParams(_Params):
 
 @dataclass(frozen=True)
 class IVFParams(_Params):
-    """Parameters of an inverted-file index, recorded in the index.
+    """Parameters of an inverted-file index, recorded in the index (``{"kind": "ivf", "nlist", "nprobe"}``).
 
     Attributes:
-        nlist: the most lists (k-means centroids); a build on fewer than ``50 * nlist`` rows makes ``n // 50``
-            (:attr:`IVFIndex.nlist` is what was made). About ``4 * sqrt(n)``: 4096 for 1M rows.
-        nprobe: lists scanned per query: recall and latency grow with it.
+        nlist: the most lists (k-means centroids). A build on n rows makes :func:`ivf_nlist` of them (about
+            ``4 * sqrt(n)``, at most ``n // 50``, at most this; :attr:`IVFIndex.nlist` is what was made):
+            4096 at 1M rows, the default; for 10M rows pass 16384.
+        nprobe: lists scanned per query: recall and latency grow with it. At most ``nlist`` (an index that
+            made fewer lists scans all of them).
 
     Raises:
-        OptionError: a value that is no int, or outside :data:`LIMITS`.
+        OptionError: a value that is no int, outside :data:`LIMITS`, or ``nprobe > nlist``.
     """
 
     _what = "IVF"
+    kind: ClassVar[str] = "ivf"
+    _build_fields: ClassVar[tuple[str, ...]] = ("nlist",)
     nlist: int = 4096
     nprobe: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nprobe > self.nlist:
+            raise OptionError(f"IVF nprobe ({self.nprobe}) must be at most nlist ({self.nlist}): lists scanned a query")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+
+#: The parameter classes by ``kind``.
+PARAMS = {"hnsw": HNSWParams, "ivf": IVFParams}
+
+
+def params_from_dict(d) -> HNSWParams | IVFParams:
+    """The parameters that ``to_dict`` recorded: IVF's by their ``"kind": "ivf"``, HNSW's by ``"kind": "hnsw"``
+    or no ``"kind"`` (as files written before IVF was selectable hold them).
+
+    Raises:
+        ValueError: no dict, an unknown kind, a missing or unknown key; OptionError (a ``ValueError``): a value
+            out of range.
+    """
+    kind = d.get("kind", "hnsw") if isinstance(d, dict) else "hnsw"
+    if kind not in PARAMS:
+        raise ValueError(f"unknown ANN kind {kind!r} (one of {sorted(PARAMS)})")
+    return PARAMS[kind].from_dict(d)
+
+
+def ivf_nlist(n: int, nlist: int) -> int:
+    """The lists an :class:`IVFIndex` makes on ``n`` rows with parameter ``nlist``: the power of two nearest
+    ``4 * sqrt(n)`` (the usual rule; 4096 at 1M rows), at most ``n // IVF_TRAIN_PER_LIST`` (k-means wants at
+    least ~39 points a centroid, FAISS warns below that: we train on up to 50 a list), at most ``nlist``, at
+    least 1. E.g. 1 list up to 99 rows, 327 at 16,384, 1024 at 100k, 4096 at 1M."""
+    if n < 1:
+        return 1
+    near = 1 << max(0, round(math.log2(4 * math.sqrt(n))))
+    return max(1, min(nlist, near, n // IVF_TRAIN_PER_LIST))
 
 
 class _Reranked:
@@ -477,7 +538,7 @@ class IVFIndex(_Reranked):
 
     def _train(self, vectors: np.ndarray) -> None:
         d, n = vectors.shape[1], len(vectors)
-        nlist = max(1, min(self.params.nlist, n // IVF_TRAIN_PER_LIST))
+        nlist = ivf_nlist(n, self.params.nlist)
         quantizer = faiss.IndexHNSWFlat(d, IVF_QUANTIZER_M)
         index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
         index.own_fields = True

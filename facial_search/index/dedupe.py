@@ -218,107 +218,106 @@ def merge_duplicates(
 
 
 # -- incremental: each new face's picture at add time ---------------------------------------------------------
-_PAIR_BATCH = 1 << 21  # candidate pairs handled at once (~30 bytes each)
-_KEY_BATCH = 1 << 20  # bucket look-ups at once
+_QUERY_BATCH = 2048  # queries a range search at once (its result lists are held until they are checked)
 
 
-def _masks(width: int, radius: int) -> np.ndarray:
-    """Every ``width``-bit value with at most ``radius`` bits set (XOR masks of a Hamming ball)."""
-    out = [0]
-    for r in range(1, radius + 1):
-        out += [sum(1 << b for b in c) for c in combinations(range(width), r)]
-    return np.array(out, dtype=np.int64)
+def band_thresholds(bands: int, max_bits: int) -> list[int]:
+    """Per band, how many of its bits a query's band may differ from a row's for :class:`BandIndex` to look
+    there: ``-1`` (not looked up) or more, summing to ``max_bits - bands + 1``, as even as possible, the larger
+    ones first. Two hashes within ``max_bits`` bits then differ in at most ``t_i`` bits of some band ``i``: if
+    every band differed in ``t_i + 1`` or more, they would differ in ``max_bits + 1`` or more (the general
+    pigeonhole principle: Qin et al., "GPH: Similarity Search in Hamming Space", ICDE 2018)."""
+    total = max_bits - bands + 1 + bands  # the thresholds plus one each: max_bits + 1 units spread over the bands
+    return [total // bands - 1 + (1 if i < total % bands else 0) for i in range(bands)]
 
 
 def band_plan(n: int, max_bits: int) -> int:
-    """How many bands :class:`BandIndex` cuts the 64 bits into for ``n`` rows: 4 of 16 bits (radius
-    ``max_bits // 4``: 137 look-ups a band at 10 bits, buckets of ~n / 65,536), or from 2M rows 3 of 21-22
-    bits (radius ``max_bits // 3``: ~1,700 look-ups a band at 10 bits, buckets 32 times smaller). Measured
-    (``benchmarks/bench_scale.py`` data, 10,000 new rows against 1M, 2-core AMD EPYC): 2.9 s with 4 bands,
-    3.25 s with 3; the look-ups cost what the smaller buckets save until about 2M rows."""
-    return 3 if n >= 2_000_000 and max_bits // 3 <= 3 else 4
+    """How many bands :class:`BandIndex` cuts the 64 bits into for ``n`` rows: 4 of 16 bits (at 10 bits,
+    thresholds 2, 2, 2, 1 (:func:`band_thresholds`): 428 look-ups a query in hash tables of at most 65,536
+    buckets). Counted on the ``benchmarks/bench_scale.py`` data (10,000 new rows against 1M; 710 real faces
+    spread, so buckets are crowded): 10,800 rows scanned a query (0.3% of them within 10 bits); 3 bands of
+    21-22 bits (3, 3, 2) scan 2,800 but need 3,600 look-ups a query in tables of ~1M buckets; 5 bands of
+    12-13 bits (2, 1, 1, 1, 1) scan 27,000. The old plain pigeonhole (radius 2 in each of 4 bands) scanned
+    15,000."""
+    return 4
 
 
-class _Tables:
-    """Rows bucketed by each hash band: per band, the rows sorted by the band's value and each value's first
-    position (a direct-address table of 2^width + 1 offsets)."""
-
-    def __init__(self, rows: np.ndarray, hashes: np.ndarray, cuts: list[tuple[int, int]]):
-        self.bands = []
-        for shift, width in cuts:
-            v = _band(hashes[rows], shift, width)
-            order = np.argsort(v, kind="stable")
-            starts = np.zeros((1 << width) + 1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
-            np.cumsum(np.bincount(v, minlength=1 << width), out=starts[1:])
-            self.bands.append((rows[order].astype(np.int32 if len(rows) < 2**31 else np.int64), starts))
-
-
-def _band(h: np.ndarray, shift: int, width: int) -> np.ndarray:
-    return ((h >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int32)
+def _rotate(h: np.ndarray, shift: int) -> np.ndarray:
+    """64-bit hashes rotated right by ``shift`` bits (Hamming distances unchanged; the band now in the low bits)."""
+    if not shift:
+        return h
+    return (h >> np.uint64(shift)) | (h << np.uint64(64 - shift))
 
 
 class BandIndex:
     """The rows that have a picture hash, found by hash within ``max_bits`` differing bits without looking at
-    all of them: multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012). The 64 bits are cut into m bands
-    (:func:`band_plan`); two hashes within ``max_bits`` bits differ in at most ``max_bits // m`` bits of one
-    band (pigeonhole), so looking up every band's buckets within that many bits of a query's band finds all of
-    them (and more, which the caller checks). The buckets are sorted arrays: a main part, rebuilt when the rows
-    added since pass a quarter of it (with the band count for its size), and a small part of those rows,
-    rebuilt at each :meth:`extend` (``bands``: always that many). Memory ~4 bytes a row per band plus the offset tables (16 MB a band of 22
-    bits), built by a writer only."""
+    all of them: multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012) with the general pigeonhole
+    principle's thresholds (:func:`band_thresholds`). The 64 bits are cut into m bands (:func:`band_plan`);
+    band i is a FAISS ``IndexBinaryHash`` keyed by that band's bits (the hashes rotated so that it is the low
+    bits) that looks up every bucket within ``t_i`` bits of a query's band (``nflip``) and keeps the rows within
+    ``max_bits`` bits over all 64 (a range search, in C++ on every core): each pair of rows within ``max_bits``
+    bits comes out at least once, and no farther one. Rows are added as they come (:meth:`extend`: amortised
+    O(1) a row and band); removed rows stay (the caller filters them). Memory ~16 bytes a row per band (its id
+    and its hash), built by a writer only.
+
+    Args:
+        max_bits: the largest Hamming distance looked for (0 to 63).
+        bands: how many bands (default: :func:`band_plan`; 2 to 32, so that each has at most 32 bits).
+    """
 
     def __init__(self, max_bits: int, bands: int | None = None):
-        self.max_bits = max_bits
-        self.bands = bands  # None: by size (band_plan)
-        self.upto = 0
-        self.main: _Tables | None = None
-        self.delta: _Tables | None = None
-        self.main_end = 0
-        self._plan(bands or 4)
+        import faiss
 
-    def _plan(self, m: int) -> None:
+        self.max_bits = int(max_bits)
+        m = bands or band_plan(0, self.max_bits)
         edges = [round(64 * i / m) for i in range(m + 1)]
         self.cuts = [(edges[i], edges[i + 1] - edges[i]) for i in range(m)]
-        self.masks = [_masks(w, self.max_bits // m) for _, w in self.cuts]
+        self.thresholds = band_thresholds(m, self.max_bits)
+        self.tables = []
+        for (_, width), t in zip(self.cuts, self.thresholds, strict=True):
+            table = faiss.IndexBinaryHash(64, width)
+            table.nflip = max(t, 0)
+            self.tables.append(table)
+        self.upto = 0
 
     def extend(self, hashes: np.ndarray, has: np.ndarray, upto: int) -> None:
-        """Take in rows ``[self.upto, upto)`` (those with ``has``)."""
+        """Take in rows ``[self.upto, upto)`` (those with ``has``); ``hashes`` ``(N,) uint64``."""
         if upto <= self.upto:
             return
-        if self.main is None or upto - self.main_end > max(1 << 16, self.main_end // 4):
-            self._plan(self.bands or band_plan(upto, self.max_bits))
-            self.main, self.delta, self.main_end = _Tables(np.flatnonzero(has[:upto]), hashes, self.cuts), None, upto
-        else:
-            self.delta = _Tables(self.main_end + np.flatnonzero(has[self.main_end : upto]), hashes, self.cuts)
+        rows = self.upto + np.flatnonzero(has[self.upto : upto])
         self.upto = upto
+        h = np.ascontiguousarray(hashes[rows], dtype=np.uint64)
+        for (shift, width), t, table in zip(self.cuts, self.thresholds, self.tables, strict=True):
+            if t < 0:
+                continue
+            r = _rotate(h, shift)
+            band = (r & np.uint64((1 << width) - 1)).astype(np.uint32)
+            order = np.argsort(band.astype(np.uint16) if width <= 16 else band, kind="stable")  # bucket by bucket
+            table.add_with_ids(np.ascontiguousarray(r[order]).view(np.uint8).reshape(-1, 8), rows[order])
 
     def candidates(self, hashes: np.ndarray, queries: np.ndarray):
-        """Yield ``(q, c)`` row pairs, a query and a row that shares a band within the radius (each pair of
-        rows within ``max_bits`` bits at least once; some more than once, and some farther)."""
-        for b, (shift, width) in enumerate(self.cuts):
-            masks = self.masks[b]
-            step = max(1, _KEY_BATCH // len(masks))
-            vals = _band(hashes[queries], shift, width)
-            for start in range(0, len(queries), step):
-                q, v = queries[start : start + step], vals[start : start + step]
-                keys = (v[:, None] ^ masks[None, :].astype(np.int32)).ravel()
-                for tables in (self.main, self.delta):
-                    if tables is None:
-                        continue
-                    rows, starts = tables.bands[b]
-                    lo = starts[keys]
-                    count = starts[keys + 1] - lo
-                    hit = np.flatnonzero(count)
-                    if not len(hit):
-                        continue
-                    lo, count, qrep = lo[hit], count[hit], q[hit // len(masks)]
-                    ends = np.cumsum(count, dtype=np.int64)
-                    cuts = np.searchsorted(ends, np.arange(_PAIR_BATCH, int(ends[-1]), _PAIR_BATCH), side="right")
-                    for piece in np.split(np.arange(len(hit)), cuts) if len(cuts) else (slice(None),):
-                        cl, cc = lo[piece], count[piece]
-                        first = np.cumsum(cc, dtype=np.int64) - cc
-                        at = np.repeat(cl.astype(np.int64) - first, cc) + np.arange(int(first[-1] + cc[-1]))
-                        yield np.repeat(qrep[piece], cc), rows[at]
+        """Yield ``(q, c, bits)`` arrays: a query row, a row within ``max_bits`` bits of it (itself included)
+        and their differing bits; every such pair exactly once (from the first band that finds it)."""
+        queries = np.asarray(queries, dtype=np.int64)
+        for start in range(0, len(queries), _QUERY_BATCH):
+            q = queries[start : start + _QUERY_BATCH]
+            h = np.ascontiguousarray(hashes[q], dtype=np.uint64)
+            for k, ((shift, _), t, table) in enumerate(zip(self.cuts, self.thresholds, self.tables, strict=True)):
+                if t < 0 or not table.ntotal:
+                    continue
+                lims, bits, rows = table.range_search(_rotate(h, shift).view(np.uint8).reshape(-1, 8),
+                                                      self.max_bits + 1)  # fmt: skip
+                if not len(rows):
+                    continue
+                a, b = np.repeat(q, np.diff(lims).astype(np.int64)), rows.astype(np.int64)
+                seen = np.zeros(len(a), dtype=bool)
+                x = hashes[a] ^ hashes[b]
+                for (s, w), tj in zip(self.cuts[:k], self.thresholds[:k], strict=True):
+                    if tj >= 0:  # an earlier band found this pair already
+                        seen |= np.bitwise_count((x >> np.uint64(s)) & np.uint64((1 << w) - 1)) <= tj
+                if seen.any():
+                    a, b, bits = a[~seen], b[~seen], bits[~seen]
+                yield a, b, bits
 
 
 def _roots(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -338,7 +337,8 @@ class PictureGroups:
     :meth:`join_duplicates` joins the labels of every pair of a new row and any live row that are one picture
     by ``rules`` (:data:`DUPLICATE_RULES`), found through a :class:`BandIndex`: the same pairs
     :func:`merge_duplicates` finds over all rows at once, so the groups are the same as its (for rows added and
-    never removed: a removal does not split a group). Cost: the candidate pairs of the new rows only.
+    never removed: a removal does not split a group). Cost: a range search of the new rows' hashes (pairs
+    whose labels are one picture already are not looked at further).
 
     Args:
         rules: ``(distance, max_hamming)`` tiers.
@@ -423,11 +423,9 @@ class PictureGroups:
             self.index = BandIndex(self.max_bits)
         self.index.extend(hashes, has, n)
         found = []
-        for a, b in self.index.candidates(hashes, q):
-            bits = np.bitwise_count(hashes[a] ^ hashes[b])
-            keep = (bits <= self.max_bits) & (a != b)
-            a, b, bits = a[keep], b[keep], bits[keep]
-            keep = live[b]
+        for a, b, bits in self.index.candidates(hashes, q):
+            keep = live[b] & (a != b)
+            keep[keep] = self.parent[labels[a[keep]]] != self.parent[labels[b[keep]]]  # one picture already
             a, b, bits = a[keep], b[keep], bits[keep]
             if not len(a):
                 continue
