@@ -3,7 +3,9 @@ photos, write a page and a picture of the results.
 
 Memes: ``../shared/data/memes/imgflip`` when present (2,105 imgflip templates), else the original
 tutorial's 359-meme list (``data/powder_gg_database.csv``: imgflip URLs with their sha256), downloaded
-once into the user cache with every file checked against its sha256.
+once into the user cache with every file checked against its sha256. Videos: ``../shared/data/videos`` when
+present, indexed beside the memes as moments (:mod:`facial_search.moments`); the page then shows, under each
+photo's memes, its nearest video moments with their times.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class DemoConfig:
         k: matches per face, >= 1.
         embedder: embedder name; ``None``: the default.
         model_path: ``face_landmarker.task``; ``None``: found or downloaded (:mod:`facial_search.io.assets`).
+        videos: a folder of videos indexed beside the memes (moments); ``None``: ``../shared/data/videos``
+            when present, else none; ``""``: none.
     """
 
     memes: str | os.PathLike | None = None
@@ -104,6 +108,26 @@ class DemoConfig:
     k: int = 3
     embedder: str | None = None
     model_path: str | os.PathLike | None = None
+    videos: str | os.PathLike | None = None
+
+
+def _moment_results(fs, result, k: int):
+    """``result`` (a photo's search) again, against the video moments of ``fs``'s index only: each face's k
+    nearest moments (any video; several of one video), as a :class:`SearchResult` named ``<photo> · moments``.
+    ``None`` when the index holds no moment."""
+    from facial_search.pipeline import FaceMatches, Match, SearchResult, _moment_of
+
+    moments = {e.id: e for e in fs.index.entries() if e.t_start is not None}
+    if not moments:
+        return None
+    faces = []
+    for fm in result.faces:
+        dist, ids = fs.index.search(fm.embedding[None], min(fs.index.ntotal, 10_000))
+        found = [(float(d), moments[int(i)]) for d, i in zip(dist[0], ids[0], strict=True) if int(i) in moments][:k]
+        matches = [Match(r, e.id, e.source, e.face, e.title, d, e.box, *_moment_of(e))
+                   for r, (d, e) in enumerate(found, start=1)]  # fmt: skip
+        faces.append(FaceMatches(fm.face, matches, fm.embedding))
+    return SearchResult(f"{result.image} · moments", faces, result.rgb)
 
 
 def run_demo(config: DemoConfig) -> int:
@@ -155,11 +179,21 @@ def run_demo(config: DemoConfig) -> int:
         if n == 0:
             raise AssetError("no meme could be downloaded; pass a meme folder with --memes DIR")
 
+    if config.videos:
+        videos = Path(config.videos)
+        if not videos.is_dir():
+            raise InputNotFoundError(f"{videos}: no such video folder")
+    elif config.videos is None and shared and (shared / "data/videos").is_dir():
+        videos = shared / "data/videos"
+    else:
+        videos = None
+
     index_path = out / "memes.fsindex"
-    print(f"indexing {memes} -> {index_path}", file=sys.stderr)
+    inputs = [memes] + ([videos] if videos else [])
+    print(f"indexing {', '.join(map(str, inputs))} -> {index_path}", file=sys.stderr)
 
     def index_memes():
-        return build_index([memes], index_path, titles=titles, embedder=config.embedder, model_path=config.model_path)
+        return build_index(inputs, index_path, titles=titles, embedder=config.embedder, model_path=config.model_path)
 
     try:
         _store, report = index_memes()
@@ -183,6 +217,9 @@ def run_demo(config: DemoConfig) -> int:
                 f"face {i + 1}: " + ", ".join(m.title for m in fm.matches) for i, fm in enumerate(r.faces)
             )
             print(render.displayable(f"{photo.name}: {summary}"))
+            moments = _moment_results(fs, r, config.k) if videos else None
+            if moments is not None:
+                results.append(moments)
     for photo, why in skipped.items():
         print(render.displayable(f"{Path(photo).name}: {why}"))
     page, picture = out / "index.html", out / "results.png"

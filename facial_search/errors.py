@@ -161,3 +161,30 @@ class ServeError(FacialSearchError):
 class IndexExportError(FacialSearchError):
     """An index the web app cannot hand to the page's private mode: a backend that gives out no embeddings, or
     more faces than a phone should hold (web: 501)."""
+
+
+# -- clips of video moments (facial-search clip) -----------------------------------------------------------
+class ClipError(FacialSearchError):
+    """A video moment that cannot be cut as a clip (base class of the kinds below; a missing source file is an
+    :class:`InputNotFoundError`, an output path that cannot be written or has an unknown extension an
+    :class:`OutputError`)."""
+
+
+class ClipSourceError(ClipError):
+    """A clip's source that is no readable video: not a video at all, no video stream, or no frame decodes."""
+
+
+class ClipRangeError(ClipError, ValueError):
+    """A clip's time range outside its video (a start below 0 or past the end, an end not after the start)."""
+
+
+class ClipTooLargeError(ClipError):
+    """A clip that does not fit its byte budget (``max_bytes``) even at the lowest frame rate and width tried."""
+
+
+class NotAMomentError(ClipError, ValueError):
+    """An index entry that is a picture, not a video moment (it has no ``t_start`` / ``t_end``)."""
+
+
+class UnknownIdError(FacialSearchError, LookupError):
+    """An id that is not in the index (``facial-search clip INDEX ID``)."""

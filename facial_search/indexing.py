@@ -23,7 +23,12 @@ from facial_search.index.store import EmbedderInfo, FileRecord, file_path, open_
 from facial_search.io.csv_files import read_csv_rows
 from facial_search.io.images import IMAGE_SUFFIXES, load_image
 from facial_search.io.progress import progress as progress_bar
+from facial_search.moments.decode import VIDEO_SUFFIXES, is_video
 from facial_search.parallel import WorkerConfig, current_pipeline, map_images, resolve_workers
+
+#: File name suffixes a folder run picks up: images, and videos (:mod:`facial_search.moments`: each face
+#: track cut into moments, one entry each).
+INDEXED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 @dataclass
@@ -37,6 +42,7 @@ class IndexReport:
         unreadable_folders: ``{folder: problem}`` of folders under ``inputs`` that could not be listed; the
             images in them were not looked at (and those an earlier run indexed there are kept).
         seconds: wall-clock time of the run.
+        videos, video_seconds: videos processed this run (indexed or skipped) and the seconds of video decoded.
         store: the store's :meth:`~facial_search.index.base.Store.describe` at the end of the run (faces,
             images, skipped, embedder, backend...; what ``facial-search index`` prints).
     """
@@ -51,6 +57,8 @@ class IndexReport:
     unreadable_folders: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     store: dict = field(default_factory=dict)
+    videos: int = 0
+    video_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,9 @@ class _FileResult:
     skipped: str | None
     hashes: list = field(default_factory=list)
     reason: SkipReason | None = None
+    extras: list = field(default_factory=list)  # a video's moments: per face, {t_start, t_end, t_frame, track}
+    blendshapes: list = field(default_factory=list)  # per face: (52,) float32 scores or None (empty: none at all)
+    video_seconds: float = 0.0
 
 
 def _skip(path: str, reason: SkipReason, detail: str = "", size: int = -1, mtime_ns: int = -1) -> _FileResult:
@@ -72,7 +83,8 @@ def _skip(path: str, reason: SkipReason, detail: str = "", size: int = -1, mtime
 
 
 def find_images(inputs: Iterable[str | os.PathLike], unreadable: dict[str, str] | None = None) -> list[Path]:
-    """Image files among ``inputs`` (files, or folders searched recursively by suffix; symbolic links to
+    """Image and video files among ``inputs`` (files, or folders searched recursively by suffix,
+    :data:`INDEXED_SUFFIXES`; symbolic links to
     folders are not followed, files whose name starts with a dot are left out), absolute, sorted, without
     duplicates.
 
@@ -98,13 +110,18 @@ def find_images(inputs: Iterable[str | os.PathLike], unreadable: dict[str, str] 
             for folder, _dirs, names in os.walk(p, onerror=onerror):
                 for name in names:
                     f = Path(folder, name)
-                    if f.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and f.is_file():
+                    if f.suffix.lower() in INDEXED_SUFFIXES and not name.startswith(".") and f.is_file():
                         found.setdefault(str(f.resolve()), f.resolve())
         elif p.exists():
             found.setdefault(str(p.resolve()), p.resolve())
         else:
             raise InputNotFoundError(f"{p}: no such file or folder")
     return [found[k] for k in sorted(found)]
+
+
+def is_video_suffix(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a video suffix (:data:`~facial_search.moments.decode.VIDEO_SUFFIXES`)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 #: What runs the per-file work (:func:`build_index`'s ``executor``): local processes, or a Ray cluster.
@@ -180,6 +197,8 @@ def _index_one(path: str) -> _FileResult:
     except OSError as e:
         return _skip(path, SkipReason.IO_ERROR, e.strerror or str(e))
     pipeline = current_pipeline()
+    if is_video(path):
+        return _index_video(path, st, pipeline)
     try:
         rgb = load_image(path)
     except ImageError as e:
@@ -191,8 +210,41 @@ def _index_one(path: str) -> _FileResult:
         return _skip(path, SkipReason.NO_FACE, "", st.st_size, st.st_mtime_ns)
     boxes = [f.box for f in faces]
     return _FileResult(
-        path, st.st_size, st.st_mtime_ns, boxes, pipeline.embed(rgb, faces), None, [face_dhash(rgb, b) for b in boxes]
-    )
+        path, st.st_size, st.st_mtime_ns, boxes, pipeline.embed(rgb, faces), None, [face_dhash(rgb, b) for b in boxes],
+        blendshapes=[f.blendshapes for f in faces],
+    )  # fmt: skip
+
+
+def _index_video(path: str, st: os.stat_result, pipeline) -> _FileResult:
+    """Worker task for a video (:mod:`facial_search.moments`): every face track cut into moments, one entry
+    each (``face``: the moment's number in time order). A file that cannot be decoded (corrupt, audio only,
+    no frame) is skipped with its reason; a truncated one gives the moments of what decodes."""
+    from facial_search.moments import SAMPLE_MS, moment_entry, video_moments
+
+    o = pipeline.finder.options
+    try:
+        found = video_moments(path, pipeline.embedder, sample_ms=getattr(pipeline, "sample_ms", SAMPLE_MS),
+                              model_path=o.model_path, max_faces=o.max_faces, on_progress=_VIDEO_PROGRESS[0])  # fmt: skip
+    except ImageError as e:
+        return _skip(path, e.skip_reason, str(e).split(": ", 1)[-1], st.st_size, st.st_mtime_ns)
+    except OSError as e:
+        return _skip(path, SkipReason.IO_ERROR, e.strerror or str(e), st.st_size, st.st_mtime_ns)
+    if not found.moments:
+        return _FileResult(path, st.st_size, st.st_mtime_ns, [], None, SkipReason.NO_FACE.value, [],
+                           SkipReason.NO_FACE, video_seconds=found.seconds)  # fmt: skip
+    moments = found.moments
+    extras = [{k: moment_entry(m, i, path, "")[k] for k in ("t_start", "t_end", "t_frame", "track")}
+              for i, m in enumerate(moments)]  # fmt: skip
+    return _FileResult(
+        path, st.st_size, st.st_mtime_ns, [m.box for m in moments], np.stack([m.embedding for m in moments]),
+        None, [m.picture_hash for m in moments], blendshapes=[m.blendshapes for m in moments], extras=extras,
+        video_seconds=found.seconds,
+    )  # fmt: skip
+
+
+#: Called with the seconds done of the video being indexed, where that runs in this process (one file, or
+#: ``workers=1``): the progress bar's hook, set by :func:`_fill`; ``None`` in worker processes.
+_VIDEO_PROGRESS: list = [None]
 
 
 def build_index(
@@ -209,6 +261,7 @@ def build_index(
     executor: str = "process",
     ray_address: str | None = None,
     ann=None,
+    sample_ms: int = 250,
 ) -> tuple[Store, IndexReport]:
     """Index every face of every image in ``inputs`` into the store ``out`` (created or updated).
 
@@ -227,6 +280,10 @@ def build_index(
     and at the end, so an interrupted run keeps what it had done. ``tiles``: see :class:`Pipeline`.
     ``ann``: a file store's search, recorded in it (:func:`~facial_search.index.store.open_store`: HNSW
     parameters, ``"exact"``, or ``None`` to keep its setting).
+
+    Videos (:data:`~facial_search.moments.decode.VIDEO_SUFFIXES`, and animated GIFs) are sampled every
+    ``sample_ms`` milliseconds and each face track cut into moments (:mod:`facial_search.moments`), one entry
+    each with ``t_start``, ``t_end``, ``t_frame``, ``track``; re-indexing treats them as it treats images.
 
     ``executor`` runs the per-file work (decode, faces, embedding): ``"process"`` (default) on ``workers``
     local processes (:mod:`facial_search.parallel`), ``"ray"`` on a Ray cluster (:mod:`facial_search.ray_executor`:
@@ -263,11 +320,13 @@ def build_index(
     emb = embedders.get_embedder(embedder)
     info = EmbedderInfo.of(emb)
     workers = _check_executor(executor, ray_address, workers)
+    if isinstance(sample_ms, bool) or not isinstance(sample_ms, int) or sample_ms < 1:
+        raise OptionError(f"sample_ms: must be a whole number of milliseconds >= 1 (got {sample_ms!r})")
     out_file = file_path(out)  # None: another backend (no file checks, no writer lock)
     store = open_store(out, embedder=info, create=True, writer=out_file is not None, ann=ann)
     try:
         report = _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles,
-                       executor=executor, ray_address=ray_address)  # fmt: skip
+                       executor=executor, ray_address=ray_address, sample_ms=sample_ms)  # fmt: skip
         report.store = store.describe()
     finally:
         store.close()
@@ -300,7 +359,7 @@ def _map_files(todo: list[str], config: WorkerConfig, workers: int | None, execu
 
 
 def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, checkpoint_seconds, tiles, *,
-          executor="process", ray_address=None):  # fmt: skip
+          executor="process", ray_address=None, sample_ms=250):  # fmt: skip
     """The work of :func:`build_index` on the open ``store``; returns the :class:`IndexReport`."""
     title_map = load_titles(titles) if titles else {}
     inputs = list(inputs)
@@ -322,11 +381,18 @@ def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, c
             todo.append(str(f))
         else:
             report.unchanged += 1
-    config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None, tiles=tiles)
+    config = WorkerConfig(embedder=emb.name, model_path=str(model_path) if model_path else None, tiles=tiles,
+                          sample_ms=sample_ms)  # fmt: skip
     last_save = time.monotonic()
     results = _map_files(todo, config, workers, executor, ray_address)
     bar = progress_bar(total=len(todo), desc="indexing", enabled=progress and bool(todo))
     finished = False
+
+    def video_progress(t: float) -> None:  # a long video indexed in this process: its seconds as they go
+        bar.set_postfix_str(f"{report.video_seconds + t:.0f} s of video", refresh=False)
+        bar.update(0)
+
+    _VIDEO_PROGRESS[0] = video_progress if progress else None
     try:
         for r in results:
             store.remove_source(r.source)
@@ -339,18 +405,25 @@ def _fill(store, out_file, inputs, titles, emb, model_path, workers, progress, c
                     r.embeddings,
                     [
                         {"source": r.source, "face": i, "box": b, "title": title, "picture_hash": h}
+                        | (r.extras[i] if r.extras else {})
+                        | ({"blendshapes": r.blendshapes[i]} if r.blendshapes else {})
                         for i, (b, h) in enumerate(zip(r.boxes, r.hashes, strict=True))
                     ],
                 )
                 report.added_faces += len(r.boxes)
             store.record_file(r.source, FileRecord(r.size, r.mtime_ns, len(r.boxes), r.skipped, finder))
             report.processed += 1
+            if r.video_seconds or r.extras or is_video_suffix(r.source):
+                report.videos += 1
+                report.video_seconds += r.video_seconds
+                bar.set_postfix_str(f"{report.video_seconds:.0f} s of video", refresh=False)
             bar.update(1)
             if time.monotonic() - last_save > checkpoint_seconds:
                 store.commit()
                 last_save = time.monotonic()
         finished = True
     finally:
+        _VIDEO_PROGRESS[0] = None
         bar.close()
         new_file = out_file is not None and not out_file.exists()
         if report.processed or report.removed or (finished and (new_file or out_file is None)):

@@ -37,6 +37,7 @@ class WorkerConfig:
     model_path: str | None = None
     max_faces: int = 8
     tiles: bool = True
+    sample_ms: int = 250  # videos: sampling interval, milliseconds (facial_search.moments)
 
 
 def default_workers() -> int:
@@ -61,9 +62,11 @@ def _build_pipeline(config: WorkerConfig):
     from facial_search.pipeline import Pipeline
 
     try:
-        return Pipeline(
+        pipeline = Pipeline(
             embedder=config.embedder, model_path=config.model_path, max_faces=config.max_faces, tiles=config.tiles
         )
+        pipeline.sample_ms = config.sample_ms  # read by the video task (facial_search.indexing._index_video)
+        return pipeline
     except FacialSearchError:
         raise
     except Exception as e:

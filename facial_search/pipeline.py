@@ -103,6 +103,22 @@ class Match:
     title: str
     distance: float
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: a video's moment (:mod:`facial_search.moments`): its span and typical frame, seconds, and face track;
+    #: ``None`` for a picture
+    t_start: float | None = None
+    t_end: float | None = None
+    t_frame: float | None = None
+    track: int | None = None
+    #: the meme face's ``(52,) float32`` blendshape scores as the index stores them (``None``: none stored)
+    blendshapes: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def moment_json(self) -> dict:
+        """``{"t_start", "t_end", "t_frame", "track"}`` (seconds, 3 decimals) of a video's moment; ``{}`` for a
+        picture (its match JSON has none of these keys)."""
+        if self.t_start is None:
+            return {}
+        return {"t_start": round(self.t_start, 3), "t_end": round(self.t_end, 3),
+                "t_frame": round(self.t_frame, 3), "track": self.track}  # fmt: skip
 
 
 @dataclass
@@ -133,8 +149,13 @@ class SearchResult:
     def __len__(self) -> int:
         return len(self.faces)
 
-    def to_json(self) -> dict:
-        """The ``facial-search search --json`` document."""
+    def to_json(self, *, explain: bool = False) -> dict:
+        """The ``facial-search search --json`` document; with ``explain``, each match has ``"explain"``: the
+        blendshapes the query face and the meme face share most (:func:`facial_search.explain.
+        shared_blendshapes`: up to 3 ``{"blendshape", "query", "match"}``, or ``null`` when either face has
+        none)."""
+        if explain:
+            from facial_search.explain import shared_blendshapes
         return {
             "image": self.image,
             "faces": [
@@ -149,12 +170,28 @@ class SearchResult:
                             "title": _displayable(m.title),
                             "distance": round(float(m.distance), 6),
                         }
+                        | m.moment_json()
+                        | ({"explain": shared_blendshapes(fm.face.blendshapes, m.blendshapes)} if explain else {})
                         for m in fm.matches
                     ],
                 }  # fmt: skip
                 for fm in self.faces
             ],
         }
+
+
+def _moment_of(entry) -> tuple:
+    """``(t_start, t_end, t_frame, track)`` of an index entry (all ``None`` for a picture, or a store without them)."""
+    t = getattr(entry, "t_start", None)
+    if t is None:
+        return (None, None, None, None)
+    t_frame, track = getattr(entry, "t_frame", None), getattr(entry, "track", None)
+    return (
+        float(t),
+        float(entry.t_end),
+        float(t if t_frame is None else t_frame),
+        None if track is None else int(track),
+    )
 
 
 def _displayable(text: str) -> str:
@@ -243,7 +280,8 @@ class FacialSearch:
                 if i < 0:
                     break
                 en = self.index.entry(int(i))
-                matches.append(Match(rank, en.id, en.source, en.face, en.title, float(d), en.box))
+                matches.append(Match(rank, en.id, en.source, en.face, en.title, float(d), en.box, *_moment_of(en),
+                                     blendshapes=getattr(en, "blendshapes", None)))  # fmt: skip
             out.append(FaceMatches(face, matches, e))
         return SearchResult(name, out, rgb)
 

@@ -26,6 +26,7 @@ batch, and the driver raises it (:class:`~facial_search.errors.ModelLoadError`, 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from facial_search.errors import MissingDependencyError, OptionError, SkipReason, WorkerStartError
+from facial_search.index.table import BLENDSHAPES as NUM_BLENDSHAPES
 from facial_search.parallel import WorkerConfig, install_pipeline, resolve_workers
 
 PIP_COMMAND = "pip install 'facial-search[ray]'"
@@ -64,7 +66,9 @@ def schema():
 
     ``source`` str, ``size`` and ``mtime_ns`` int64 (-1: stat failed), ``boxes`` list<int64> (``(x, y, w, h)``
     pixels of each face, ``4n`` values), ``embeddings`` list<float32> (``n x D``, row-major), ``hashes``
-    list<str> (``n`` picture hashes), ``skipped`` and ``reason`` str or null (a skip: the recorded text and the
+    list<str> (``n`` picture hashes), ``blendshapes`` list<float32> (``n x 52`` scores, row-major, NaN rows for a
+    face without; empty: no face has them), ``moments`` str or null (a video's per-face moment keys as JSON:
+    ``t_start``, ``t_end``, ``t_frame``, ``track``), ``video_seconds`` float64, ``skipped`` and ``reason`` str or null (a skip: the recorded text and the
     :class:`~facial_search.errors.SkipReason` value), ``error`` binary or null (a pickled exception: the task
     failed; the driver raises it).
     """
@@ -78,6 +82,9 @@ def schema():
             ("boxes", pa.list_(pa.int64())),
             ("embeddings", pa.list_(pa.float32())),
             ("hashes", pa.list_(pa.string())),
+            ("blendshapes", pa.list_(pa.float32())),
+            ("moments", pa.string()),
+            ("video_seconds", pa.float64()),
             ("skipped", pa.string()),
             ("reason", pa.string()),
             ("error", pa.binary()),
@@ -100,6 +107,9 @@ def encode(results: list, sources: list[str] | None = None, error: BaseException
             "boxes": [[]] * n,
             "embeddings": [[]] * n,
             "hashes": [[]] * n,
+            "blendshapes": [[]] * n,
+            "moments": [None] * n,
+            "video_seconds": [0.0] * n,
             "skipped": [None] * n,
             "reason": [None] * n,
             "error": [blob] * n,
@@ -116,6 +126,9 @@ def encode(results: list, sources: list[str] | None = None, error: BaseException
         "boxes": [[int(v) for b in r.boxes for v in b] for r in results],
         "embeddings": pa.array(embeddings, type=pa.list_(pa.float32())),
         "hashes": [list(r.hashes) for r in results],
+        "blendshapes": pa.array([_blendshapes(r) for r in results], type=pa.list_(pa.float32())),
+        "moments": [json.dumps(r.extras) if r.extras else None for r in results],
+        "video_seconds": [float(r.video_seconds) for r in results],
         "skipped": [r.skipped for r in results],
         "reason": [None if r.reason is None else r.reason.value for r in results],
         "error": [None] * len(results),
@@ -140,13 +153,19 @@ def decode(table) -> Iterator:
     emb = table.column("embeddings").combine_chunks()
     values = emb.values.to_numpy(zero_copy_only=False)
     offsets = emb.offsets.to_numpy()
-    rows = table.drop_columns(["embeddings", "error"]).to_pylist()
+    bs = table.column("blendshapes").combine_chunks()
+    bs_values, bs_offsets = bs.values.to_numpy(zero_copy_only=False), bs.offsets.to_numpy()
+    rows = table.drop_columns(["embeddings", "error", "blendshapes"]).to_pylist()
     for i, row in enumerate(rows):
         n = len(row["hashes"])
         flat = values[offsets[i] : offsets[i + 1]]
         if len(row["boxes"]) != 4 * n or (n and len(flat) % n) or (not n and len(flat)):
             raise ValueError(f"{row['source']}: a result of {n} faces with {len(row['boxes'])} box values and "
                              f"{len(flat)} embedding values")  # fmt: skip
+        scores = bs_values[bs_offsets[i] : bs_offsets[i + 1]]
+        if len(scores) not in (0, NUM_BLENDSHAPES * n):
+            raise ValueError(f"{row['source']}: a result of {n} faces with {len(scores)} blendshape values")
+        scores = scores.reshape(-1, NUM_BLENDSHAPES)
         yield _FileResult(
             source=row["source"],
             size=row["size"],
@@ -156,7 +175,19 @@ def decode(table) -> Iterator:
             skipped=row["skipped"],
             hashes=list(row["hashes"]),
             reason=None if row["reason"] is None else SkipReason(row["reason"]),
+            blendshapes=[None if np.isnan(b).any() else b.copy() for b in scores],
+            extras=json.loads(row["moments"]) if row["moments"] else [],
+            video_seconds=row["video_seconds"],
         )
+
+
+def _blendshapes(r) -> np.ndarray:
+    """A result's blendshapes as ``n x 52`` float32 values (NaN rows: a face without), empty when none has them."""
+    if not r.blendshapes or all(b is None for b in r.blendshapes):
+        return np.zeros(0, np.float32)
+    rows = [np.full(NUM_BLENDSHAPES, np.nan, np.float32) if b is None else np.asarray(b, np.float32)
+            for b in r.blendshapes]  # fmt: skip
+    return np.concatenate(rows)
 
 
 def _pickled(error: BaseException) -> bytes:

@@ -54,10 +54,15 @@ def _fit(im: Image.Image, height: int, max_width: int | None = None) -> Image.Im
 
 
 @lru_cache(maxsize=256)
-def _meme(source: str, box: tuple[int, int, int, int]) -> Image.Image:
-    """A meme image with the matched face's box drawn on it."""
+def _meme(source: str, box: tuple[int, int, int, int], t_frame: float | None = None) -> Image.Image:
+    """A meme image with the matched face's box drawn on it; a video's moment: its frame at ``t_frame`` seconds."""
     try:
-        im = Image.fromarray(load_image(source))
+        if t_frame is None:
+            im = Image.fromarray(load_image(source))
+        else:
+            from facial_search.moments.decode import frame_at
+
+            im = Image.fromarray(frame_at(source, t_frame))
     except Exception:
         im = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
         ImageDraw.Draw(im).text((10, 10), "image missing", fill=(0, 0, 0), font=_font(16))
@@ -84,10 +89,10 @@ def result_sheet(result: SearchResult, *, redact: bool = False) -> Image.Image:
     for i, fm in enumerate(result.faces):
         tiles = [(_fit(crop_box(rgb, fm.box), THUMB), f"face {i + 1}", "query")]
         for m in fm.matches:
-            tile = _fit(_meme(m.source, m.box), THUMB, max_width=THUMB * 2)
+            tile = _fit(_meme(m.source, m.box, m.t_frame), THUMB, max_width=THUMB * 2)
             if redact:
                 tile = tile.filter(ImageFilter.GaussianBlur(radius=9))
-            tiles.append((tile, displayable(f"#{m.rank} {m.title}"), f"distance {m.distance:.3f}"))
+            tiles.append((tile, displayable(f"#{m.rank} {m.title}"), f"distance {m.distance:.3f}" + _span(m)))
         width = sum(t[0].width for t in tiles) + _PAD * (len(tiles) + 1)
         row = Image.new("RGB", (width, THUMB + 58), _BG)
         d = ImageDraw.Draw(row)
@@ -109,6 +114,15 @@ def result_sheet(result: SearchResult, *, redact: bool = False) -> Image.Image:
         sheet.paste(r, (0, y))
         y += r.height
     return sheet
+
+
+def _span(m) -> str:
+    """``" · 0:03.2-0:05.0"``: a video moment's time span, for its caption; ``""`` for a picture."""
+    if m.t_start is None:
+        return ""
+    from facial_search.moments.decode import format_span
+
+    return f" · {format_span(m.t_start, m.t_end)}"
 
 
 def _ellipsis(text: str, width: int, size: int) -> str:
@@ -195,7 +209,8 @@ def html_page(
                     "rank": m.rank,
                     "title": displayable(m.title),
                     "distance": float(m.distance),
-                    "src": _data_uri(_meme(m.source, m.box)),
+                    "src": _data_uri(_meme(m.source, m.box, m.t_frame)),
+                    "span": _span(m).lstrip(" ·"),
                 }
                 for m in fm.matches
             ]

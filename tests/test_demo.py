@@ -95,3 +95,29 @@ def test_download_memes_keeps_good_files_and_survives_a_dead_server(shared, tmp_
     assert n == 1  # the file already there with its sha256 needs no server
     assert len(errors) == 1 and "Connection refused" in errors[0] and other in errors[0]
     assert sorted(p.name for p in dest.iterdir()) == [name]
+
+
+def test_demo_indexes_videos_and_shows_their_moments(sample_memes, tmp_path):
+    """Videos beside the memes (issue 18): indexed as moments; the page shows each photo's nearest moments
+    with their times, and a video without a face is reported by the index, never fatal."""
+    from helpers import VIDEOS
+
+    memes, photos, videos = tmp_path / "memes", tmp_path / "photos", tmp_path / "videos"
+    for d in (memes, photos, videos):
+        d.mkdir()
+    for p in sample_memes[:6]:
+        shutil.copy(p, memes / p.name)
+    shutil.copy(FACES / "0-f15-hao-ph.jpg", photos / "happy.jpg")
+    for n in ("single_face.mp4", "no_face.mp4"):
+        shutil.copy(VIDEOS / n, videos / n)
+    out = tmp_path / "out"
+    assert run_demo(DemoConfig(memes=memes, photos=photos, out=out, k=2, videos=videos)) == 0
+    index = MemeIndex.load(out / "memes.fsindex")
+    moments = [e for e in index.entries() if e.t_start is not None]
+    assert moments and {e.source for e in moments} == {str(videos / "single_face.mp4")}
+    page = (out / "index.html").read_text()
+    assert "happy.jpg · moments" in page
+    assert page.count("class=match") == 2 * page.count("class=face ")
+    assert "0:00." in page  # a moment's time span, e.g. 0:00.8-0:02.4
+    with pytest.raises(InputNotFoundError, match="no such video folder"):
+        run_demo(DemoConfig(memes=memes, photos=photos, out=out, videos=tmp_path / "nope"))

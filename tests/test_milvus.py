@@ -343,3 +343,164 @@ def test_the_cli_indexes_and_searches_milvus_lite_across_processes(sample_memes,
     assert matches[0]["distance"] <= matches[1]["distance"]
     again = run("index", *memes, "--out", uri, "--workers", "1", "--no-progress")
     assert "4 unchanged" in again.stdout, again.stdout
+
+
+# -- optional entry fields (blendshapes, a video moment) ---------------------------------------------------
+def _with_fields(entries: list[dict]) -> list[dict]:
+    """The entries with blendshapes on every 3rd face and a moment on every 2nd (some faces with both)."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i, e in enumerate(entries):
+        extra = {"blendshapes": rng.uniform(size=52)} if i % 3 == 0 else {}
+        if i % 2 == 0:
+            extra |= {"t_start": i * 0.5, "t_end": i * 0.5 + 1.0, "t_frame": i * 0.5 + 0.3, "track": i}
+        out.append({**e, **extra})
+    return out
+
+
+def test_optional_fields_round_trip_as_in_the_file_store(tmp_path, real):
+    info, emb, entries, _ = real
+    entries = _with_fields(entries)
+    ref = MemeIndex(info)
+    ref.add(emb, entries)
+    uri = f"milvus-lite://{tmp_path}/memes.db"
+    with MilvusStore.open(uri, embedder=info, create=True) as s:
+        s.add(emb, entries)
+        assert s.entries() == ref.entries()  # the same quantised scores and float32 times
+        assert s.entry(0).blendshapes is not None and s.entry(0).track == 0 and s.entry(1).blendshapes is None
+        with pytest.raises(ValueError, match="blendshapes"):
+            s.add(emb[:1], [{**entries[0], "blendshapes": [np.nan] * 52}])
+        with pytest.raises(ValueError, match="t_start <= t_end"):
+            s.add(emb[:1], [{**entries[0], "t_start": 2.0, "t_end": 1.0}])
+        assert s.ntotal == len(emb)
+    with MilvusStore.open(uri) as s:
+        assert s.entries() == ref.entries()
+
+
+def test_optional_fields_survive_a_relabel(store, real):
+    emb, entries = _three_copies(real)
+    extra = {"blendshapes": np.linspace(0, 1, 52), "t_start": 1.0, "t_end": 2.0, "t_frame": 1.5, "track": 4}
+    ids = [int(store.add(emb[[i]], [{**entries[i], **extra}])[0]) for i in (0, 2)]
+    before = [store.entry(i) for i in ids]
+    store.add(emb[[1]], [entries[1]])  # B joins A's and C's pictures: one of them is upserted with a new label
+    assert store.pictures == 1 and [store.entry(i) for i in ids] == before
+    assert before[0].track == 4 and before[0].blendshapes[-1] == 1.0
+
+
+def test_a_collection_made_before_the_fields_reads_them_as_none(tmp_path, real, caplog):
+    """A store whose collection has no ``extra`` field (as every release before made it): its entries have
+    none of the fields, and an add with them stores the rest (the fields are dropped, logged once)."""
+    from pymilvus import DataType, MilvusClient
+
+    info, emb, entries, _ = real
+    path = tmp_path / "old.db"
+    client = MilvusClient(str(path))
+    s = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    for name, kind, kw in [("id", DataType.INT64, {"is_primary": True}),
+                           ("embedding", DataType.FLOAT_VECTOR, {"dim": info.dim}),
+                           ("source", DataType.VARCHAR, {"max_length": 65_535}), ("face", DataType.INT64, {}),
+                           ("box", DataType.ARRAY, {"element_type": DataType.INT64, "max_capacity": 4}),
+                           ("title", DataType.VARCHAR, {"max_length": 65_535}),
+                           ("picture_hash", DataType.VARCHAR, {"max_length": 64}),
+                           ("group", DataType.VARCHAR, {"max_length": 65_535})]:  # fmt: skip
+        s.add_field(name, kind, **kw)
+
+    def flat(field):
+        params = client.prepare_index_params()
+        params.add_index(field, index_type="FLAT", metric_type="L2")
+        return params
+
+    client.create_collection("facial_search", schema=s, index_params=flat("embedding"))
+    s = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("source", DataType.VARCHAR, is_primary=True, max_length=65_535)
+    for name in ("size", "mtime_ns", "faces"):
+        s.add_field(name, DataType.INT64)
+    s.add_field("skipped", DataType.VARCHAR, max_length=65_535)
+    s.add_field("finder", DataType.VARCHAR, max_length=64)
+    s.add_field("_v", DataType.FLOAT_VECTOR, dim=2)
+    client.create_collection("facial_search_files", schema=s, index_params=flat("_v"))
+    s = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+    s.add_field("value", DataType.VARCHAR, max_length=65_535)
+    s.add_field("_v", DataType.FLOAT_VECTOR, dim=2)
+    client.create_collection("facial_search_meta", schema=s, index_params=flat("_v"))
+    meta = {"format": "facial-search-milvus", "version": 1, "embedder": vars(info), "next_id": 0}
+    client.upsert("facial_search_meta", [{"key": "meta", "value": json.dumps(meta), "_v": [0.0, 0.0]}])
+    client.close()
+    with MilvusStore.open(f"milvus-lite://{path}", embedder=info) as store:
+        assert store.add(emb[:3], entries[:3]).tolist() == [0, 1, 2]
+    with MilvusStore.open(f"milvus-lite://{path}", embedder=info) as store:
+        assert all(e.blendshapes is None and e.track is None for e in store.entries())
+        store.add(emb[3:5], _with_fields(entries[3:5]))
+        store.add(emb[5:6], _with_fields(entries[5:6]))
+        assert sum("re-create the store to keep them" in r.getMessage() for r in caplog.records) == 1
+        got = store.entries()
+        assert len(got) == 6 and all(e.blendshapes is None and e.t_start is None for e in got)
+        assert [e.source for e in got] == [e["source"] for e in entries[:6]]
+
+
+# -- the vector index chosen in the URI (?index=HNSW|IVF_FLAT) ---------------------------------------------------
+def test_index_options_in_the_uri_are_parsed_and_checked():
+    from facial_search.index.milvus import parse_index_options
+
+    assert parse_index_options("milvus://h:19530/memes") == (None, {}, {})
+    assert parse_index_options("milvus://h:19530/memes?index=hnsw&M=8&ef=32") == ("HNSW", {"M": 8}, {"ef": 32})
+    assert parse_index_options("milvus-lite://m.db?collection=c&nprobe=4") == ("IVF_FLAT", {}, {"nprobe": 4})
+    assert parse_uri("milvus://h:19530/memes?index=FLAT") == ("milvus", "http://h:19530", "memes")
+    for uri, message in (
+        ("milvus://h:1/c?index=DISKANN", "unknown index 'DISKANN'"),
+        ("milvus://h:1/c?collection=x", "unknown option 'collection'"),  # a server's collection is the path
+        ("milvus-lite://m.db?efSearch=8", "unknown option 'efSearch'"),
+        ("milvus-lite://m.db?ef=8&ef=9", "'ef' given twice"),
+        ("milvus-lite://m.db?M=1", "M must be a whole number from 2 to 2048, not '1'"),
+        ("milvus-lite://m.db?nlist=-4", "nlist must be a whole number"),
+        ("milvus-lite://m.db?index=HNSW&nprobe=4", "nprobe: not options of HNSW"),
+        ("milvus-lite://m.db?M=8&nlist=4", "not options of one index type"),
+        ("milvus-lite://m.db?index=FLAT&ef=4", "not options of FLAT"),
+    ):
+        with pytest.raises(OptionError, match=message):
+            parse_index_options(uri)
+
+
+@pytest.mark.parametrize(
+    ("options", "index_type", "build", "search"),
+    [("?index=HNSW&M=8&ef=32", "HNSW", {"M": 8, "efConstruction": 80}, {"ef": 32}),
+     ("?index=IVF_FLAT&nlist=4&nprobe=4", "IVF_FLAT", {"nlist": 4}, {"nprobe": 4})],
+    ids=["hnsw", "ivf_flat"],
+)  # fmt: skip
+def test_an_ann_index_chosen_in_the_uri(tmp_path, real, options, index_type, build, search):
+    """Milvus Lite (3.2 builds HNSW and IVF_FLAT with FAISS) with the URI's index: recorded, shown, kept when
+    reopened (the search option may change), the same answers as the file backend on these few faces (every
+    list scanned, an HNSW walk over a few dozen)."""
+    info, emb, entries, q = real
+    ref = MemeIndex(info)
+    ref.add(emb, entries)
+    path = tmp_path / "ann.db"
+    with MilvusStore.open(f"milvus-lite://{path}{options}", embedder=info, create=True) as s:
+        s.add(emb, entries)
+        d = s.describe()
+        assert (d["index_type"], d["index_params"], d["search_params"]) == (index_type, build, search)
+        _same_results(s.search(q, k=3), ref.search(q, k=3))
+        _same_results(s.search(q, k=3, group_by_source=True), ref.search(q, k=3, group_by_source=True))
+        assert s._client.describe_index("facial_search", "embedding")["index_type"] == index_type
+    knob = next(iter(search))
+    with MilvusStore.open(f"milvus-lite://{path}?{knob}=4", embedder=info) as s:
+        d = s.describe()
+        assert (d["index_type"], d["index_params"], d["search_params"]) == (index_type, build, {knob: 4})
+        _same_results(s.search(q, k=3), ref.search(q, k=3))
+    other = "IVF_FLAT&nlist=8" if index_type == "HNSW" else "HNSW"
+    for bad in (f"?index={other}", "?index=FLAT", f"?{next(iter(build))}=3"):
+        with pytest.raises(OptionError, match=f"the collection's index is {index_type} .*set when it was made"):
+            MilvusStore.open(f"milvus-lite://{path}{bad}", embedder=info)
+    with MilvusStore.open(f"milvus-lite://{path}", embedder=info) as s:  # none given: the recorded one
+        assert s.describe()["index_type"] == index_type and s.ntotal == len(emb)
+
+
+def test_bad_index_options_create_nothing(tmp_path, real):
+    info = real[0]
+    path = tmp_path / "bad.db"
+    for options, message in (("?index=IVF_FLAT&nlist=4&nprobe=8", r"nprobe \(8\) must be at most nlist \(4\)"),
+                             ("?ef=0", "ef must be a whole number")):  # fmt: skip
+        with pytest.raises(OptionError, match=message):
+            MilvusStore.open(f"milvus-lite://{path}{options}", embedder=info, create=True)
+    assert not path.exists()

@@ -159,3 +159,53 @@ def test_the_cli_indexes_and_searches_real_memes(backend, milvus_server, sample_
     assert len({m[0] for m in _matches(grouped)}) == 5
     again = _cli("index", *memes, "--out", uri, "--titles", titles, "--workers", "2", "--no-progress")
     assert f"{len(memes)} unchanged" in again.stdout, again.stdout
+
+
+def test_optional_fields_round_trip_on_the_server(milvus_server, sample):
+    """Blendshapes and a video moment on some faces: the server gives back what the file backend does."""
+    info, emb, entries, _ = sample
+    rng = np.random.default_rng(5)
+    n = min(len(entries), 12)
+    entries = [{**e, "blendshapes": rng.uniform(size=52)} if i % 2 else
+               {**e, "t_start": i * 1.5, "t_end": i * 1.5 + 0.75, "t_frame": i * 1.5 + 0.5, "track": i}
+               for i, e in enumerate(entries[:n])]  # fmt: skip
+    ref = MemeIndex(info)
+    ref.add(emb[:n], entries)
+    uri = f"milvus://{milvus_server}/fields"
+    with MilvusStore.open(uri, embedder=info, create=True) as s:
+        s.add(emb[:n], entries)
+        assert s.entries() == ref.entries()
+    with MilvusStore.open(uri, embedder=info) as s:
+        assert s.entries() == ref.entries() and s.entry(1).blendshapes is not None and s.entry(2).track == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "index_type", "knob"),
+    [("?index=HNSW&M=8&efConstruction=40&ef=16", "HNSW", "ef"), ("?index=IVF_FLAT&nlist=8&nprobe=8", "IVF_FLAT",
+                                                                 "nprobe")],
+    ids=["hnsw", "ivf_flat"],
+)  # fmt: skip
+def test_an_ann_index_on_the_server(milvus_server, sample, options, index_type, knob):
+    """A collection made with the URI's HNSW or IVF_FLAT index (built by the server once flushed): recorded,
+    shown, kept when reopened; the same answers as the file backend on the sample (every list scanned; an HNSW
+    walk over a few dozen faces), plain, grouped and in the duplicate search of each added face."""
+    from facial_search.errors import OptionError
+
+    info, emb, entries, q = sample
+    ref = MemeIndex(info)
+    ref.add(emb, entries)
+    uri = f"milvus://{milvus_server}/ann_{index_type.lower()}"
+    with MilvusStore.open(uri + options, embedder=info, create=True) as s:
+        s.add(emb, entries)
+        s._client.flush(s.collection)  # sealed: searched through the index from now on
+        assert s._client.describe_index(s.collection, "embedding")["index_type"] == index_type
+        d = s.describe()
+        assert d["index_type"] == index_type and knob in d["search_params"] and d["faces"] == ref.ntotal
+        _same(s.search(q, k=3), ref.search(q, k=3), ref)
+        _same(s.search(q, k=3, group_by_source=True), ref.search(q, k=3, group_by_source=True), ref)
+        assert d["pictures"] == len(np.unique(ref.source_groups()))
+    with MilvusStore.open(f"{uri}?{knob}=8", embedder=info) as s:
+        assert s.describe()["index_params"] == d["index_params"] and s.describe()["search_params"] == {knob: 8}
+        _same(s.search(q, k=3), ref.search(q, k=3), ref)
+    with pytest.raises(OptionError, match=f"the collection's index is {index_type}"):
+        MilvusStore.open(f"{uri}?index=FLAT", embedder=info)

@@ -181,11 +181,13 @@ def assert_no_picture_sent(log: Requests, base: str) -> None:
         assert r["type"].startswith("application/json"), r["type"]
         assert not any(m in r["body"] for m in IMAGE_MAGIC) and b"base64" not in r["body"]
         doc = json.loads(r["body"])
-        assert set(doc) <= {"vectors", "boxes", "k", "embedder", "image"}, set(doc)
+        assert set(doc) <= {"vectors", "boxes", "k", "embedder", "image", "blendshapes"}, set(doc)
         assert doc["vectors"] and all(
             len(v) == 64 and all(isinstance(x, int | float) for x in v) for v in doc["vectors"]
         )
-        assert len(r["body"]) < 16 * 64 * 30 + 2000  # numbers, not pixels
+        # each face's 52 blendshape scores (they explain its matches), or null
+        assert all(b is None or (len(b) == 52 and all(0 <= x <= 1 for x in b)) for b in doc.get("blendshapes") or [])
+        assert len(r["body"]) < 16 * (64 + 52) * 30 + 2000  # numbers, not pixels
 
 
 # ---- on-device mode -----------------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def test_camera_on_device_shows_matches_and_sends_no_picture(browser, server, sh
     try:
         assert page.evaluate("window.facialSearch.ready") == "device", page.inner_text("#mode")
         assert page.eval_on_selector("body", "b => b.dataset.pipeline") == "device"
-        assert "only their embeddings are sent" in page.inner_text("#mode")
+        assert "only their embeddings and blendshape scores are sent" in page.inner_text("#mode")
         page.wait_for_selector("#results .face .match >> nth=2", timeout=TIMEOUT_MS)
         page.wait_for_function("() => window.facialSearch.frames >= 20", timeout=TIMEOUT_MS)
         for _ in range(50):  # live: the answer on show may reach Playwright a moment after the page drew it

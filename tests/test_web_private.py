@@ -110,7 +110,8 @@ def test_export_holds_the_index(server, pool):
         assert r.headers["content-type"] == "application/json" and r.headers["cache-control"] == "no-cache"
         doc = r.json()
         assert http.get("/api/index/export", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
-        assert http.head("/api/index/export").headers["content-length"] == str(len(r.content))
+        # sent gzip-compressed (httpx asks for it and decodes it): HEAD has the compressed length too
+        assert http.head("/api/index/export").headers["content-length"] == str(r.num_bytes_downloaded)
         schema = http.get("/openapi.json").json()
     assert "/api/index/export" in schema["paths"] and "IndexExport" in schema["components"]["schemas"]
     assert doc["format"] == "facial-search-export/1" and doc["embedder"] == embedder_label(index.embedder)
@@ -269,7 +270,7 @@ def test_switching_private_off_sends_embeddings_again(browser, server):
         page.uncheck("#private-toggle")
         assert page.evaluate("window.facialSearch.private") == "off"
         assert page.evaluate("localStorage.getItem('facial-search.private')") is None
-        assert "only their embeddings are sent" in page.inner_text("#mode")
+        assert "only their embeddings and blendshape scores are sent" in page.inner_text("#mode")
         page.wait_for_function("() => document.querySelectorAll('#results .match img[src$=\"/image\"]').length >= 3",
                                timeout=TIMEOUT_MS)  # fmt: skip
         assert posts and all(u.endswith("/api/search/vectors") for u in posts)

@@ -265,3 +265,76 @@ def test_an_index_of_another_embedder_gets_no_model(tmp_path, shared, sample_mem
         assert r.status_code == 200 and len(r.json()["faces"][0]["matches"]) >= 1
         r = c.post("/api/search/vectors", json={"vectors": [unit(64)], "embedder": info["embedder"]})
         assert r.status_code == 422 and "52" in r.json()["detail"]
+
+
+# ---- explain a match: the blendshapes both faces share most ----------------------------------------------------
+def faces_of(pool, path) -> tuple[np.ndarray, list]:
+    """The real pipeline's embeddings and faces (with their blendshapes) of a photo."""
+    rgb = load_image(path)
+    with pool.checkout() as fs:
+        faces = fs.pipeline.faces(rgb)
+        return fs.pipeline.embed(rgb, faces), faces
+
+
+def test_vectors_with_blendshapes_explain_as_the_photo_search_does(client, pool, label, shared):
+    photo = shared / "data" / "faces" / "multi_face.jpg"
+    by_image = client.post("/api/search", files={"image": ("p.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    emb, faces = faces_of(pool, photo)
+    shapes = [f.blendshapes.tolist() for f in faces]
+    doc = post(client, vectors=emb.tolist(), blendshapes=shapes, embedder=label).json()
+    explained = [[m["explain"] for m in f["matches"]] for f in doc["faces"]]
+    assert explained == [[m["explain"] for m in f["matches"]] for f in by_image["faces"]]
+    flat = [e for f in explained for e in f]
+    assert all(isinstance(e, list) and len(e) <= 3 for e in flat) and any(flat), "real faces share blendshapes"
+    for e in (x for f in flat for x in f):
+        assert set(e) == {"blendshape", "query", "match"} and min(e["query"], e["match"]) >= 0.1
+        assert e["blendshape"] != "_neutral"
+    plain = post(client, vectors=emb.tolist(), embedder=label).json()  # without blendshapes: null, key present
+    assert all(m["explain"] is None for f in plain["faces"] for m in f["matches"])
+    some = post(client, vectors=emb[:2].tolist(), blendshapes=[shapes[0], None], embedder=label).json()
+    assert [m["explain"] is None for m in some["faces"][1]["matches"]] == [True] * 3
+    assert some["faces"][0]["matches"][0]["explain"] == explained[0][0]
+
+
+BAD_BLENDSHAPES = {
+    "51 scores": lambda v: {"blendshapes": [[0.5] * 51]},
+    "53 scores": lambda v: {"blendshapes": [[0.5] * 53]},
+    "a score above 1": lambda v: {"blendshapes": [[0.5] * 51 + [1.5]]},
+    "a negative score": lambda v: {"blendshapes": [[-0.1] + [0.5] * 51]},
+    "a string": lambda v: {"blendshapes": [["x"] * 52]},
+    "another count": lambda v: {"blendshapes": [[0.5] * 52] * 2},
+    "not a list of lists": lambda v: {"blendshapes": [0.5] * 52},
+}
+
+
+@pytest.mark.parametrize("what", list(BAD_BLENDSHAPES))
+def test_bad_blendshapes_are_422(client, label, what):
+    r = post(client, vectors=[unit(64)], embedder=label, **BAD_BLENDSHAPES[what](None))
+    assert r.status_code == 422, (what, r.text)
+    assert "\n" not in r.json()["detail"]
+
+
+def test_nan_blendshapes_are_422(client, label):
+    scores = ["0.5"] * 52
+    scores[3] = "NaN"
+    body = '{"vectors": [' + json.dumps(unit(64)) + '], "embedder": ' + json.dumps(label)
+    body += ', "blendshapes": [[' + ", ".join(scores) + "]]}"
+    r = client.post("/api/search/vectors", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "finite" in r.json()["detail"]
+
+
+def test_the_export_carries_the_stored_blendshapes(client, pool):
+    import base64
+
+    doc = client.get("/api/index/export").json()
+    rows = np.frombuffer(base64.b64decode(doc["blendshapes"]), np.uint8).reshape(doc["count"], 52)
+    want = np.stack([np.rint(pool.index.entry(i).blendshapes * 255) for i in doc["ids"]])
+    np.testing.assert_array_equal(rows, want)
+    assert doc["blendshapes_missing"] == [] and len(doc["blendshapes"]) < 100 * doc["count"]
+
+
+def test_openapi_describes_explain(client):
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "blendshapes" in spec["VectorQuery"]["properties"] and "explain" in spec["MatchOut"]["properties"]
+    assert set(spec["SharedBlendshape"]["properties"]) == {"blendshape", "query", "match"}
+    assert {"blendshapes", "blendshapes_missing"} <= set(spec["IndexExport"]["properties"])

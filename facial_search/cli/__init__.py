@@ -1,4 +1,4 @@
-"""The ``facial-search`` command line: index, search, info, eval, live, serve, demo.
+"""The ``facial-search`` command line: index, search, info, clip, eval, live, serve, demo.
 
 Errors a user can cause print one line, ``facial-search: error: <file>: <problem>``, and exit with status 1;
 no traceback. Which errors those are follows from their type (:func:`user_error_message`): every
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: The commands, in the order ``--help`` lists them: one module each, with ``add_parser(sub)`` and ``run(args)``.
-COMMANDS = ("index", "search", "info", "eval", "live", "serve", "demo")
+COMMANDS = ("index", "search", "info", "clip", "eval", "live", "serve", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

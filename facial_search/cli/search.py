@@ -19,6 +19,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_index_option(s)
     add_match_options(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument(
+        "--explain",
+        action="store_true",
+        help="say why each meme matches: the (up to 3) blendshapes the two faces share most, e.g. jawOpen; "
+        'with --json a match gets "explain": [{"blendshape", "query", "match"}], null where the index has none',
+    )
     s.add_argument("--out", metavar="FILE", help="draw the result: .png/.jpg picture or .html page")
     add_model_options(s)
     s.set_defaults(func=run)
@@ -44,16 +50,30 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             _write(result, Path(args.out))
     if args.json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps(result.to_json(explain=args.explain)))
     else:
         for i, fm in enumerate(result.faces):
             print(f"face {i + 1} at {list(fm.box)}:")
             for m in fm.matches:
                 line = f"  {m.rank}. {m.title}  (distance {m.distance:.3f}, id {m.id}, {Path(m.source).name})"
                 print(line.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # non-UTF-8 file names
+                if args.explain:
+                    print(f"     {_explained(fm.face.blendshapes, m.blendshapes)}")
         if args.out:
             print(f"wrote {args.out}")
     return 0
+
+
+def _explained(query, match) -> str:
+    """One line of ``--explain``: ``shares jawOpen (0.71 / 0.65), ...`` (query / meme scores)."""
+    from facial_search.explain import shared_blendshapes
+
+    shared = shared_blendshapes(query, match)
+    if shared is None:
+        return "shares: unknown (a face without blendshapes: an index built before they were stored?)"
+    if not shared:
+        return "shares: no blendshape above 0.1 on both faces"
+    return "shares " + ", ".join(f"{s['blendshape']} ({s['query']:.2f} / {s['match']:.2f})" for s in shared)
 
 
 #: ``--out`` picture extensions, kept where this Pillow can write their format (its own registry).

@@ -21,7 +21,8 @@ order the head lists them (raw little-endian arrays, C order, no padding). The h
      "meta": {                        # required in the base record; a later one may replace it (its "ann")
          "format": "facial-search-index",
          "embedder": {"name": str, "version": str, "dim": int >= 1},   # never changes
-         "ann": null | {"M": int, "ef_construction": int, "ef_search": int}},   # HNSW (index.ann)
+         "ann": null | {"M": int, "ef_construction": int, "ef_search": int}    # HNSW (index.ann)
+                | {"kind": "ivf", "nlist": int, "nprobe": int}},                # IVF
      "next_id": int,                  # the id the next face gets (never decreases; every id is below it)
      "next_group": int,               # the next picture-group label (never decreases)
      "rows": [start, n],              # n new rows; start = the rows before them (dead ones included)
@@ -29,6 +30,7 @@ order the head lists them (raw little-endian arrays, C order, no padding). The h
      "texts": [start, t, bytes],      # t new texts (titles, skip reasons, finders)
      "removed": r, "files": f, "files_removed": fr, "merges": m,
      "segments": [[start, end, bytes], ...],   # new HNSW graphs over rows [start, end)
+     "columns": [name, ...],          # optional (absent: []): the optional row columns this commit's rows have
      "sections": [[name, dtype, shape], ...]}  # exactly the list below, for the counts above
 
 Sections (dtype as NumPy writes it):
@@ -39,6 +41,15 @@ Sections (dtype as NumPy writes it):
   the face's 64-bit dHash; ``flags`` |u1 (n,) bit 0: it has a hash (else ``picture_hash`` is 0);
   ``source`` <i4 (n,) and ``title`` <i4 (n,), numbers of a source string and a text (of this commit or
   before); ``group`` <i8 (n,) the row's picture-group label, below ``next_group``.
+- optional rows, those the head's ``"columns"`` lists, in this order
+  (:data:`~facial_search.index.table.OPTIONAL_ROW_COLUMNS`): ``blendshapes`` |u1 (n, 52) the face's
+  blendshape scores times 255, rounded (all 0 where ``flags`` bit 1 says it has none); ``t_start``,
+  ``t_end``, ``t_frame`` <f4 (n,) seconds in the source video, finite and >= 0, or NaN: none (both ends or
+  neither; ``t_start <= t_frame <= t_end`` where all are there); ``track`` <i4 (n,) >= -1 (-1: none). A row
+  of a commit that does not list a column has none of it (blendshapes: its flags bit 1 must be clear). This
+  is additive to format 3 (no version bump): files without ``"columns"`` are today's and read as before;
+  a release before it refuses a file with columns as damaged (an unexpected section), and this one refuses a
+  column name it does not know (a newer release's).
 - strings: ``source_lengths`` <u4 (s,) and ``source_bytes`` |u1 (bytes,), ``text_lengths`` <u4 (t,) and
   ``text_bytes`` |u1: each string's UTF-8 length, then the strings back to back (lone surrogates, a file name
   that is not UTF-8 as ``os.fsdecode`` holds it, encoded as themselves: Python's ``surrogatepass``). String
@@ -51,10 +62,10 @@ Sections (dtype as NumPy writes it):
 - ``merges`` <i8 (m, 2): pairs of group labels that hold one picture from now on (union-find: a row's
   picture is the root of its label).
 - ``graph`` |u1 (bytes,), once per new segment, in the order of ``segments``:
-  :meth:`facial_search.index.ann.HNSWGraph.to_bytes` of the rows [start, end) (no float vectors: those
-  are the rows' embeddings). Segments lie back to back from row 0. A new segment replaces the segments
-  within its range; a ``meta.ann`` of another ``M``, or ``null``, drops them all (another ``ef_search``
-  keeps them).
+  :meth:`facial_search.index.ann.HNSWGraph.to_bytes` (or ``IVFIndex.to_bytes``, by ``meta.ann``'s kind) of
+  the rows [start, end) (no float vectors: those are the rows' embeddings). Segments lie back to back from
+  row 0. A new segment replaces the segments within its range; a ``meta.ann`` of another kind, ``M`` or
+  ``nlist``, or ``null``, drops them all (another ``ef_search`` or ``nprobe`` keeps them).
 
 Reading (:func:`read_index`) replays the records in order and checks every one: the CRCs, the head's keys
 and types, the sections against the counts (names, dtypes, shapes), ids, string numbers, labels, vectors
@@ -85,7 +96,18 @@ from pathlib import Path
 import numpy as np
 
 from facial_search.errors import IndexFormatError, IndexVersionError, InputNotFoundError
-from facial_search.index.table import FILE_COLUMNS, HAS_HASH, ROW_COLUMNS, Grow, Strings, TextIds, encode
+from facial_search.index.table import (
+    FILE_COLUMNS,
+    HAS_BLENDSHAPES,
+    HAS_HASH,
+    KNOWN_FLAGS,
+    OPTIONAL_ROW_COLUMNS,
+    ROW_COLUMNS,
+    Grow,
+    Strings,
+    TextIds,
+    encode,
+)
 from facial_search.index.zipformat import FORMAT_NAME, NORM_TOLERANCE, read_zip_index
 
 #: Version of the file format written by this release; older ones (from 1) are read, newer ones refused.
@@ -135,7 +157,8 @@ class Loaded:
         version: the file's format version.
         meta: ``{"embedder": {...}, "ann": dict | None}``.
         next_id, next_group: see the module docstring.
-        rows: the row columns (``ROW_COLUMNS``; ``group`` -1 where no label is known: versions 1 and 2).
+        rows: the row columns (``ROW_COLUMNS``; ``group`` -1 where no label is known: versions 1 and 2), and
+            the ``OPTIONAL_ROW_COLUMNS`` some commit has (filled with none for the rows of those without).
         live: ``(n,) bool``, False for removed rows.
         sources, texts: the string tables.
         files: ``has`` (bool) and ``FILE_COLUMNS``, one slot per source string.
@@ -162,10 +185,12 @@ class _Damaged(Exception):
     """What is wrong (the message :func:`read_index` puts after ``<file>: damaged index:``)."""
 
 
-def row_bytes(dim: int) -> int:
-    """Bytes one row takes in the file (all row columns)."""
-    return 4 * dim + sum(
-        np.dtype(d).itemsize * int(np.prod(s)) for n, (d, s) in ROW_COLUMNS.items() if n != "embeddings"
+def row_bytes(dim: int, columns=()) -> int:
+    """Bytes one row takes in the file (all row columns, and the optional ``columns`` named)."""
+    return (
+        4 * dim
+        + sum(np.dtype(d).itemsize * int(np.prod(s)) for n, (d, s) in ROW_COLUMNS.items() if n != "embeddings")
+        + sum(np.dtype(OPTIONAL_ROW_COLUMNS[c][0]).itemsize * int(np.prod(OPTIONAL_ROW_COLUMNS[c][1])) for c in columns)
     )
 
 
@@ -179,6 +204,9 @@ def expected_sections(head: dict, dim: int) -> list[list]:
     out = []
     for name, (dtype, shape) in ROW_COLUMNS.items():
         out.append([name, dt(dtype), [n, dim] if name == "embeddings" else [n, *shape]])
+    for name in head.get("columns", []):
+        dtype, shape, _fill = OPTIONAL_ROW_COLUMNS[name]
+        out.append([name, dt(dtype), [n, *shape]])
     out += [["source_lengths", dt("<u4"), [s]], ["source_bytes", dt("u1"), [head["sources"][2]]]]
     out += [["text_lengths", dt("<u4"), [t]], ["text_bytes", dt("u1"), [head["texts"][2]]]]
     out.append(["removed", dt("<i8"), [head["removed"]]])
@@ -259,6 +287,10 @@ class _LogReader:
         txt_bytes = sum(h["texts"][2] for _, _, h, _ in frames)
         cap = max(16, 2 * n)  # room to grow: np.empty pages cost nothing until written
         rows = {name: Grow(d, (dim,) if name == "embeddings" else s, cap) for name, (d, s) in ROW_COLUMNS.items()}
+        present = [c for c in OPTIONAL_ROW_COLUMNS if any(c in h.get("columns", []) for _, _, h, _ in frames)]
+        for name, (d, s, _fill) in OPTIONAL_ROW_COLUMNS.items():
+            if name in present:  # only once some commit has it: a store without it pays nothing
+                rows[name] = Grow(d, s, cap)
         self.rows = rows
         self.sources = Strings(Grow(np.uint8, (), max(16, 2 * src_bytes)), Grow(np.int64, (), max(16, 2 * n_src)))
         self.texts = Strings(Grow(np.uint8, (), max(16, 2 * txt_bytes)), Grow(np.int64, (), max(16, 2 * n_txt)))
@@ -282,7 +314,7 @@ class _LogReader:
         self._check_strings(self.texts, "text")
         last = frames[-1]
         state = FileState(self.dev, self.ino, last[0] + _FRAME.size + last[1] + 4, last[2]["seq"], len(frames))
-        state.dead_bytes = self.dead_bytes + int((~self.live.view).sum()) * row_bytes(dim)
+        state.dead_bytes = self.dead_bytes + int((~self.live.view).sum()) * row_bytes(dim, present)
         return Loaded(
             version=FORMAT_VERSION,
             meta={"embedder": dict(meta["embedder"]), "ann": meta["ann"]},
@@ -357,6 +389,14 @@ class _LogReader:
                 raise _Damaged(f"{where}: {key!r} start at {v[0]}, but {before} came before")
         for key in ("removed", "files", "files_removed", "merges"):
             _int(head, key, where, 0)
+        cols = head.get("columns", [])
+        if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+            raise _Damaged(f"{where}: 'columns' is not a list of names ({_short(cols)})")
+        unknown = [c for c in cols if c not in OPTIONAL_ROW_COLUMNS]
+        if unknown:
+            raise _Damaged(f"{where}: unknown row column {_short(unknown[0])} (written by a newer release?)")
+        if cols != [c for c in OPTIONAL_ROW_COLUMNS if c in cols]:
+            raise _Damaged(f"{where}: 'columns' {_short(cols)} not in the order {list(OPTIONAL_ROW_COLUMNS)}, or twice")
         segs = head.get("segments")
         total_rows = head["rows"][0] + head["rows"][1]
         if not isinstance(segs, list) or not all(
@@ -389,7 +429,7 @@ class _LogReader:
         temp: dict[str, np.ndarray] = {}
         graphs = []
         for name, dtype, shape in head["sections"]:
-            if name in ROW_COLUMNS:
+            if name in self.rows:
                 g = self.rows[name]
                 dest = g.a[r0 : r0 + n]
             elif name == "source_bytes":
@@ -406,7 +446,10 @@ class _LogReader:
         trailer = self._exact(4)
         if _U32.unpack(trailer)[0] != crc:
             raise _Damaged(f"{where}: the payload's CRC does not match (a damaged or edited file)")
-        for g in self.rows.values():
+        cols = head.get("columns", [])
+        for name, g in self.rows.items():
+            if name in OPTIONAL_ROW_COLUMNS and name not in cols:
+                g.a[r0 : r0 + n] = OPTIONAL_ROW_COLUMNS[name][2]  # this commit's rows have none
             g.n = r0 + n
         self.live.extend(np.ones(n, dtype=bool))
         self._strings(self.sources, s0, temp["source_lengths"], sb, where, "source")
@@ -545,10 +588,15 @@ class _LogReader:
         if (r["group"] >= next_groups).any():
             fail(int(np.flatnonzero(r["group"] >= next_groups)[0]), "has a group label not below next_group")
         flags = r["flags"]
-        bad = (flags & ~np.uint8(HAS_HASH)) != 0
+        bad = (flags & ~np.uint8(KNOWN_FLAGS)) != 0
         bad |= ((flags & HAS_HASH) == 0) & (r["picture_hash"] != 0)
         if bad.any():
             fail(int(np.flatnonzero(bad)[0]), "has unknown flags, or a picture hash its flags say it has not")
+        in_commit = np.array(["blendshapes" in h.get("columns", []) for _, _, h, _ in frames])[row_commit]
+        bad = ((flags & HAS_BLENDSHAPES) != 0) & ~in_commit
+        if bad.any():
+            fail(int(np.flatnonzero(bad)[0]), "has blendshapes by its flags, in a commit without blendshapes")
+        self._check_optional(r, flags, fail)
         for name, key in (("source", "sources"), ("title", "texts")):
             ends = np.array([h[key][0] + h[key][1] for _, _, h, _ in frames])[row_commit]
             bad = (r[name] < 0) | (r[name] >= ends)
@@ -565,6 +613,30 @@ class _LogReader:
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 fail(start + row, f"has norm {norms[row]:.6g}, not 1")
+
+    @staticmethod
+    def _check_optional(r: dict, flags: np.ndarray, fail) -> None:
+        """The optional columns' values (module docstring): blendshapes only where flagged, times and tracks
+        in range."""
+        if "blendshapes" in r:
+            bad = ((flags & HAS_BLENDSHAPES) == 0) & r["blendshapes"].any(axis=1)
+            if bad.any():
+                fail(int(np.flatnonzero(bad)[0]), "has blendshape scores its flags say it has not")
+        times = {k: r[k] for k in ("t_start", "t_end", "t_frame") if k in r}
+        for k, v in times.items():
+            bad = np.isinf(v) | (v < 0)
+            if bad.any():
+                fail(int(np.flatnonzero(bad)[0]), f"has {k} {float(v[np.flatnonzero(bad)[0]])}, not a time >= 0")
+        if times:
+            none = np.full(len(flags), np.nan, np.float32)
+            a, b, f = (times.get(k, none) for k in ("t_start", "t_end", "t_frame"))
+            bad = (np.isnan(a) != np.isnan(b)) | (a > b) | (~np.isnan(f) & ~np.isnan(a) & ((f < a) | (f > b)))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                fail(row, f"has t_start {a[row]}, t_end {b[row]}, t_frame {f[row]}: not a moment (both ends, in order)")
+        if "track" in r and (r["track"] < -1).any():
+            row = int(np.flatnonzero(r["track"] < -1)[0])
+            fail(row, f"has track {int(r['track'][row])}")
 
     def _check_strings(self, table: Strings, what: str) -> None:
         """Every string valid UTF-8 on its own (decoded in pieces of whole strings, ~8 MB each)."""
@@ -606,14 +678,17 @@ def _meta(head: dict, where: str, prev: dict | None) -> dict:
         raise _Damaged(f"{where}: the embedder changed from {prev['meta']['embedder']} to {emb}")
     ann = meta.get("ann", "missing")
     if ann is not None:
-        from facial_search.index.ann import HNSWParams
+        from facial_search.index.ann import params_from_dict
 
         try:
-            ann = HNSWParams.from_dict(ann).to_dict()
+            params = params_from_dict(ann)
         except (ValueError, TypeError) as e:
-            raise _Damaged(f"{where}: meta 'ann' is not HNSW parameters ({e})") from None
+            raise _Damaged(f"{where}: meta 'ann' is not HNSW or IVF parameters ({e})") from None
+        ann = params.to_dict()
     old = prev["meta"]["ann"] if prev is not None else None
-    head["_ann_changed"] = prev is not None and (ann is None or old is None or ann["M"] != old["M"])
+    head["_ann_changed"] = prev is not None and (
+        ann is None or old is None or params.build_key() != params_from_dict(old).build_key()
+    )
     return {"format": FORMAT_NAME, "embedder": emb, "ann": ann}
 
 

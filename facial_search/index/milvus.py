@@ -14,12 +14,21 @@ A store named C is three collections:
   an id is never reused after removal), ``embedding`` FLOAT_VECTOR (D = the embedder's dimension), ``source``
   VARCHAR, ``face`` INT64, ``box`` ARRAY<INT64>[4] (x, y, w, h in pixels), ``title`` VARCHAR, ``picture_hash``
   VARCHAR (the face's 64-bit dHash as 16 hex digits, ``""`` for none), ``group`` VARCHAR: the picture the face
-  belongs to, which a grouping search folds on (see *Pictures* below).
-  Vector index: ``FLAT`` with metric ``L2``, on Milvus Lite and on a server: exact, so results equal the file
-  backend's; a search takes time linear in the faces (at 100,000: 28-59 ms on a Milvus 2.3.5 server, 81-118 ms
-  on Milvus Lite, FAISS flat 2-24 ms in the same runs; ``benchmarks/bench_milvus.py``). Past about a million
-  faces a server wants an ANN index (HNSW), which this store does not offer yet; Milvus Lite's cost per
-  request (100-250 ms at 100,000 faces) stayed about the same with HNSW in a trial, so Lite is for small stores.
+  belongs to, which a grouping search folds on (see *Pictures* below); ``extra`` VARCHAR: the optional entry
+  fields (:data:`facial_search.index.store.OPTIONAL_FIELDS`) as compact JSON, only those a face has
+  (``{"blendshapes": base64 of the 52 scores quantised to uint8 as the file store does, "t_start": s,
+  "t_end": s, "t_frame": s, "track": n}``; times rounded to float32, so both backends give back the same
+  values), ``""`` for none. A collection made before ``extra`` existed reads them as ``None`` and drops
+  them on add (logged once: re-create the store to keep them; Milvus before 2.6 cannot add a field).
+  Vector index: ``FLAT`` with metric ``L2`` by default, on Milvus Lite and on a server: exact, so results equal
+  the file backend's; a search takes time linear in the faces (at 100,000: 28-59 ms on a Milvus 2.3.5 server,
+  81-118 ms on Milvus Lite, FAISS flat 2-24 ms in the same runs; ``benchmarks/bench_milvus.py``). Past about a
+  million faces a server wants an ANN index: the URI that creates the store may name one,
+  ``?index=HNSW[&M=16][&efConstruction=80][&ef=64]`` or ``?index=IVF_FLAT[&nlist=1024][&nprobe=16]``
+  (:data:`INDEX_OPTIONS`, :func:`parse_index_options`); it is recorded in the meta record, and a later URI
+  may change only its search option (``ef``, ``nprobe``). Both are tested on the 2.3.5 server and on Milvus
+  Lite 3.2 (which builds them with FAISS); Milvus Lite's cost per request (100-250 ms at 100,000 faces) stayed
+  about the same with HNSW in a trial, so Lite is for small stores.
 - ``C_files``: one row per processed source file (:class:`~facial_search.index.store.FileRecord`), keyed by
   source.
 - ``C_meta``: one row, ``{"format", "version", "embedder": {name, version, dim}, "next_id"}`` as JSON; its
@@ -77,6 +86,7 @@ writer at a time (Milvus has no transactions; two processes adding to one collec
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -100,15 +110,35 @@ from facial_search.errors import (
     OutputError,
 )
 from facial_search.index.dedupe import DUPLICATE_RULES
-from facial_search.index.store import MAX_K, EmbedderInfo, Entry, FileRecord
+from facial_search.index.store import MAX_K, OPTIONAL_FIELDS, EmbedderInfo, Entry, FileRecord, parse_optional
+from facial_search.index.table import blendshape_scores
 
 #: ``format`` and ``version`` recorded in a store's meta collection.
 FORMAT_NAME = "facial-search-milvus"
 FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "facial_search"
-INDEX_TYPE = "FLAT"
+INDEX_TYPE = "FLAT"  # the default vector index (exact); others: INDEX_OPTIONS
 METRIC = "L2"
+#: The vector indexes a store can be made with (``?index=TYPE`` in its URI, Milvus' names), each with its build
+#: parameters (set when the collection is created, recorded in the meta record) and its search parameter (per
+#: open, from the URI), and their defaults: HNSW M 16, efConstruction 80 (as the file store's ``--ann hnsw``),
+#: ef 64 (at least the top-k asked for is used); IVF_FLAT nlist 1024 (about 4 sqrt(n) at 65k faces: pass
+#: ``4 * sqrt(faces)``, e.g. 4096 for 1M), nprobe 16.
+INDEX_OPTIONS: Mapping[str, tuple[Mapping[str, int], Mapping[str, int]]] = MappingProxyType({
+    "FLAT": ({}, {}),
+    "HNSW": ({"M": 16, "efConstruction": 80}, {"ef": 64}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 16}),
+})  # fmt: skip
+#: Bounds (inclusive) of each index option (Milvus' own; ef: a server's HNSW allows up to 32,768).
+_INDEX_LIMITS = {
+    "M": (2, 2048),
+    "efConstruction": (1, 65_536),
+    "ef": (1, 32_768),
+    "nlist": (1, 65_536),
+    "nprobe": (1, 65_536),
+}
 _TEXT_MAX = 65_535  # bytes, Milvus' largest VARCHAR
+_EXTRA_MAX = 512  # bytes of the ``extra`` JSON (blendshapes: 72 of base64; each time up to ~30)
 _BATCH = 5_000  # rows per insert / ids per delete
 _ADD_BATCH = 2_048  # faces given their groups together (a range search each, and their pairs among themselves)
 _SEARCH_LIMIT = 16_384  # Milvus' largest top-k (limit) of a search
@@ -128,6 +158,7 @@ _COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 _ESCAPED_ASCII = frozenset("%\"\\'") | {chr(c) for c in range(0x20)} | {"\x7f"}
 _UNESCAPE = re.compile(r"%u([0-9A-F]{4})|%([0-9A-F]{2})")
 
+log = logging.getLogger(__name__)
 # Milvus Lite answers no MVCC timestamp to a query iterator; pymilvus then warns on every listing (harmless).
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(lambda r: "mvccTs" not in r.getMessage())
 # pymilvus logs every failed call with its traceback before raising it; we raise each as a typed one-line error
@@ -237,6 +268,122 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     return backend, client_uri, collection
 
 
+class VectorIndex:
+    """The vector index of a store's faces: ``index_type`` (a key of :data:`INDEX_OPTIONS`), ``build`` (its build
+    parameters, e.g. ``{"M": 16, "efConstruction": 80}``) and ``search`` (its search parameters, e.g.
+    ``{"ef": 64}``; ``{}`` for FLAT)."""
+
+    def __init__(self, index_type: str = INDEX_TYPE, build: Mapping | None = None, search: Mapping | None = None):
+        self.index_type = index_type
+        self.build = dict(INDEX_OPTIONS[index_type][0]) | dict(build or {})
+        self.search = dict(INDEX_OPTIONS[index_type][1]) | dict(search or {})
+        if index_type == "IVF_FLAT" and not (search and "nprobe" in search):  # at most every list
+            self.search["nprobe"] = min(self.search["nprobe"], self.build["nlist"])
+
+    def search_params(self, limit: int) -> dict:
+        """Milvus' ``search_params["params"]`` of a search for ``limit`` hits (HNSW's ``ef`` at least ``limit``)."""
+        if self.index_type == "HNSW":
+            return {"ef": max(self.search["ef"], limit)}
+        return dict(self.search)
+
+    def record(self) -> dict:
+        """``{"type", "params"}``: what the meta record keeps."""
+        return {"type": self.index_type, "params": dict(self.build)}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, VectorIndex) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"VectorIndex({self.index_type!r}, build={self.build}, search={self.search})"
+
+
+def parse_index_options(uri: str) -> tuple[str | None, dict, dict]:
+    """``(index type, build parameters, search parameters)`` given in a store URI's query: ``?index=FLAT|HNSW|
+    IVF_FLAT``, ``M``, ``efConstruction``, ``ef`` (HNSW), ``nlist``, ``nprobe`` (IVF_FLAT), e.g.
+    ``milvus://HOST:PORT/memes?index=HNSW&M=16&efConstruction=80&ef=64`` or
+    ``milvus-lite://m.db?index=IVF_FLAT&nlist=256&nprobe=8`` (Milvus Lite also takes ``collection=NAME``). The
+    type is the one the options belong to where ``index`` is not given; ``None`` where nothing is.
+
+    Raises:
+        OptionError: an unknown key or index type, a key given twice or for another index type than
+            ``index`` names, a value that is no whole number within Milvus' bounds, ``nprobe`` above ``nlist``.
+    """
+    lite = uri.startswith("milvus-lite://")
+    given: dict[str, str] = {}
+    for key, value in urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query, keep_blank_values=True):
+        if key in given:
+            raise OptionError(f"{uri}: {key!r} given twice")
+        given[key] = value
+    if lite:
+        given.pop("collection", None)
+    index_type = given.pop("index", None)
+    if index_type is not None:
+        if index_type.upper() not in INDEX_OPTIONS:
+            raise OptionError(f"{uri}: unknown index {index_type!r} (one of {', '.join(INDEX_OPTIONS)})")
+        index_type = index_type.upper()
+    unknown = sorted(set(given) - set(_INDEX_LIMITS))
+    if unknown:
+        keys = ", ".join(["index", *_INDEX_LIMITS] + (["collection"] if lite else []))
+        raise OptionError(f"{uri}: unknown option {unknown[0]!r} (the URI takes {keys})")
+    values = {}
+    for key, text in given.items():
+        low, high = _INDEX_LIMITS[key]
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise OptionError(f"{uri}: {key} must be a whole number from {low} to {high}, not {text!r}")
+        values[key] = int(text)
+    kinds = {t for t, (b, s) in INDEX_OPTIONS.items() if set(values) & (set(b) | set(s))}
+    if len(kinds) > 1 or (index_type is not None and kinds and kinds != {index_type}):
+        raise OptionError(f"{uri}: {', '.join(values)}: not options of {index_type or 'one index type'} "
+                          "(HNSW: M, efConstruction, ef; IVF_FLAT: nlist, nprobe; FLAT: none)")  # fmt: skip
+    if values.get("nprobe", 0) > values.get("nlist", 1 << 30):
+        raise OptionError(f"{uri}: nprobe ({values['nprobe']}) must be at most nlist ({values['nlist']})")
+    index_type = index_type or next(iter(kinds), None)
+    build_keys = INDEX_OPTIONS[index_type][0] if index_type else {}
+    build = {k: v for k, v in values.items() if k in build_keys}
+    return index_type, build, {k: v for k, v in values.items() if k not in build_keys}
+
+
+def _index_of(uri: str, recorded: VectorIndex | None, given: tuple[str | None, dict, dict]) -> VectorIndex:
+    """The index of a store: ``recorded`` (an existing collection's) with the URI's search parameters, or
+    (``recorded`` ``None``: a collection to create) the URI's, FLAT where it names none.
+
+    Raises:
+        OptionError: build options (``index``, ``M``, ``efConstruction``, ``nlist``) other than an existing
+            collection's (they are set when it is made), search options of another index type, or
+            ``nprobe`` above ``nlist``.
+    """
+    index_type, build, search = given
+    if recorded is None:
+        index = VectorIndex(index_type or INDEX_TYPE, build, search)
+    else:
+        if (index_type or recorded.index_type) != recorded.index_type or any(
+            recorded.build[k] != v for k, v in build.items()
+        ):
+            have = ", ".join(f"{k}={v}" for k, v in recorded.build.items())
+            may = ", ".join(INDEX_OPTIONS[recorded.index_type][1]) or "none"
+            raise OptionError(
+                f"{uri}: the collection's index is {recorded.index_type}{f' ({have})' if have else ''}, set when it "
+                f"was made; its URI may change only the search option ({may})"
+            )
+        index = VectorIndex(recorded.index_type, recorded.build, search)
+    if index.index_type == "IVF_FLAT" and index.search["nprobe"] > index.build["nlist"]:
+        raise OptionError(f"{uri}: nprobe ({index.search['nprobe']}) must be at most nlist ({index.build['nlist']})")
+    return index
+
+
+def _recorded_index(uri: str, meta: dict, client, collection: str) -> VectorIndex:
+    """The index a store's meta record names (a store without one: FLAT), checked against the collection's."""
+    rec = meta.get("index", {"type": INDEX_TYPE, "params": {}})
+    ok = isinstance(rec, dict) and set(rec) == {"type", "params"} and rec["type"] in INDEX_OPTIONS
+    ok = ok and isinstance(rec["params"], dict) and set(rec["params"]) == set(INDEX_OPTIONS[rec["type"]][0])
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) for v in rec["params"].values()):
+        raise IndexFormatError(f"{uri}: damaged meta record (index {rec!r})")
+    actual = (client.describe_index(collection, "embedding") or {}).get("index_type")
+    if actual and actual != rec["type"]:
+        raise IndexFormatError(f"{uri}: the collection's index is {actual}, but its meta record says {rec['type']}")
+    return VectorIndex(rec["type"], rec["params"])
+
+
 class MilvusStore:
     """A :class:`~facial_search.index.base.Store` in a Milvus collection (Milvus Lite or a server).
 
@@ -258,6 +405,13 @@ class MilvusStore:
         self.server_grouping = server_grouping
         self._client = client
         self._files: dict[str, FileRecord] = {}
+        self._has_extra = True  # the collection has the ``extra`` field (set when opened)
+        self._warned_extra = False
+        self.index = VectorIndex()  # the faces' vector index (set when opened)
+
+    @property
+    def _entry_fields(self) -> list[str]:
+        return [*_ENTRY_FIELDS, "extra"] if self._has_extra else _ENTRY_FIELDS
 
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -279,6 +433,7 @@ class MilvusStore:
             IndexBackendError: the Milvus server cannot be reached, or fails.
         """
         backend, client_uri, collection = parse_uri(uri)
+        given = parse_index_options(uri)
         if create and embedder is None:
             raise ValueError("create=True needs the embedder (its dimension sets the schema)")
         if backend == "milvus-lite":
@@ -291,14 +446,14 @@ class MilvusStore:
         client = _connect(uri, backend, client_uri)
         try:
             with _backend_errors(uri):
-                store = cls._open_collections(uri, backend, client, collection, embedder, create)
+                store = cls._open_collections(uri, backend, client, collection, embedder, create, given)
         except BaseException:
             client.close()
             raise
         return store
 
     @classmethod
-    def _open_collections(cls, uri, backend, client, collection, embedder, create) -> MilvusStore:
+    def _open_collections(cls, uri, backend, client, collection, embedder, create, given=(None, {}, {})):
         meta_name = f"{collection}_meta"
         names = set(client.list_collections())
         if meta_name not in names:
@@ -306,8 +461,10 @@ class MilvusStore:
                 raise IndexFormatError(f"{uri}: collection {collection!r} is not a facial-search store (no meta)")
             if not create:
                 raise InputNotFoundError(f"{uri}: no collection {collection!r} (create it with `facial-search index`)")
-            _create_collections(client, collection, embedder)
-            meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "embedder": vars(embedder), "next_id": 0}
+            index = _index_of(uri, None, given)
+            _create_collections(client, collection, embedder, index)
+            meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "embedder": vars(embedder), "next_id": 0,
+                    "index": index.record()}  # fmt: skip
             client.upsert(meta_name, [{"key": "meta", "value": json.dumps(meta), "_v": [0.0, 0.0]}])
             client.flush(meta_name)
         present = set(client.list_collections())
@@ -337,6 +494,10 @@ class MilvusStore:
             raise IndexFormatError(f"{uri}: store is incomplete (missing {', '.join(sorted(missing))})")
         version = str(client.get_server_version())
         store = cls(uri, backend, client, collection, info, next_id, version, _groups_itself(backend, version))
+        store.index = _index_of(uri, _recorded_index(uri, meta, client, collection), given)
+        with _backend_errors(uri):
+            names = {f["name"] for f in client.describe_collection(collection).get("fields", [])}
+        store._has_extra = "extra" in names
         fields = ["source", "size", "mtime_ns", "faces", "skipped", "finder"]
         rows = store._iterate(f"{collection}_files", fields, "", "Strong")
         store._files = {unescape_text(r["source"]): _file_record(r) for r in rows}
@@ -368,7 +529,7 @@ class MilvusStore:
     def entry(self, id: int) -> Entry:
         """The entry with this id; ``KeyError`` if there is none."""
         with _backend_errors(self.uri):
-            rows = self._client.query(self.collection, filter=f"id == {int(id)}", output_fields=_ENTRY_FIELDS,
+            rows = self._client.query(self.collection, filter=f"id == {int(id)}", output_fields=self._entry_fields,
                                       consistency_level=READ_CONSISTENCY)  # fmt: skip
         if not rows:
             raise KeyError(id)
@@ -376,7 +537,7 @@ class MilvusStore:
 
     def entries(self) -> list[Entry]:
         """Every entry, in id order."""
-        return sorted((_entry(r) for r in self._iterate(self.collection, _ENTRY_FIELDS)), key=lambda e: e.id)
+        return sorted((_entry(r) for r in self._iterate(self.collection, self._entry_fields)), key=lambda e: e.id)
 
     def embeddings(self, ids) -> np.ndarray:
         """``(n, D) float32`` stored embeddings of these ids, in their order; ``KeyError`` for an unknown id."""
@@ -400,7 +561,9 @@ class MilvusStore:
         Args:
             embeddings: ``(n, D) float32`` unit-norm rows, D = the embedder's dimension.
             entries: n dicts with ``source``, ``face``, ``box`` (x, y, w, h), ``title``, optionally
-                ``picture_hash`` (:func:`~facial_search.index.dedupe.face_dhash`: 16 hex digits, or ``None``).
+                ``picture_hash`` (:func:`~facial_search.index.dedupe.face_dhash`: 16 hex digits, or ``None``)
+                and the optional fields of :meth:`MemeIndex.add <facial_search.index.store.MemeIndex.add>`
+                (``blendshapes``, ``t_start``, ``t_end``, ``t_frame``, ``track``; checked the same way).
             groups: the n faces' group labels when the caller knows them already (a bulk copy of another
                 store whose pictures were grouped, e.g. a file index's :meth:`MemeIndex.source_groups` as
                 ``"#<number>"``): stored as given, without the duplicate search; the caller answers for them
@@ -409,13 +572,20 @@ class MilvusStore:
         Raises:
             ValueError: as many embeddings as entries (and groups) not given, or rows of another dimension, or a
                 box that is not four numbers, or a picture hash that is not 16 hex digits, or a group label that
-                is empty or holds a quote or backslash. IndexBackendError: Milvus fails.
+                is empty or holds a quote or backslash; optional fields as ``MemeIndex.add`` refuses them.
+                IndexBackendError: Milvus fails.
         """
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.embedder.dim:
             emb = emb.reshape(-1, self.embedder.dim)
         if len(entries) != len(emb):
             raise ValueError(f"{len(emb)} embeddings but {len(entries)} entries")
+        extras = _extras(parse_optional(entries), len(entries))
+        if not self._has_extra and any(extras):
+            if not self._warned_extra:
+                log.warning("%s: a collection made before optional entry fields: blendshapes and moments are not "
+                            "stored (re-create the store to keep them)", self.uri)  # fmt: skip
+                self._warned_extra = True
         parsed = [Entry.from_dict(0, e) for e in entries]
         if any(len(e.box) != 4 for e in parsed):
             raise ValueError("every box must be (x, y, w, h)")
@@ -439,8 +609,8 @@ class MilvusStore:
                 rows = [
                     {"id": int(i), "embedding": v, "source": escape_text(e.source), "face": e.face,
                      "box": list(e.box), "title": escape_text(e.title), "picture_hash": e.picture_hash or "",
-                     "group": g}
-                    for i, v, e, g in zip(ids[part], emb[part], parsed[part], labels, strict=True)
+                     "group": g, **({"extra": x} if self._has_extra else {})}
+                    for i, v, e, g, x in zip(ids[part], emb[part], parsed[part], labels, extras[part], strict=True)
                 ]  # fmt: skip
                 for chunk in _chunks(rows, _BATCH):
                     self._client.insert(self.collection, chunk)
@@ -469,7 +639,10 @@ class MilvusStore:
                 keep, drop = sorted((ra, rb), key=lambda g: (g not in existing, g))
                 parent[drop] = keep
 
-        face_label = [label[s] for s in sources]
+        # a video's moments: each one result of its own (issue 18), not one per video
+        face_label = [
+            f"#{int(i)}" if e.t_start is not None else label[s] for s, e, i in zip(sources, parsed, ids, strict=True)
+        ]
         hashed = [i for i, e in enumerate(parsed) if e.picture_hash]
         if hashed:
             bits = np.array([int(parsed[i].picture_hash, 16) for i in hashed], dtype=np.uint64)
@@ -501,8 +674,10 @@ class MilvusStore:
 
     def _candidate_params(self, radius: float) -> dict:
         """Search parameters of the duplicate candidates: a range search (squared L2 under ``radius``) on a server;
-        on Milvus Lite a plain top-k, the radius applied here (its range search took 5-7x as long, measured)."""
-        return {} if self.backend == "milvus-lite" else {"radius": radius * radius}
+        on Milvus Lite a plain top-k, the radius applied here (its range search took 5-7x as long, measured); with
+        the index's search parameter (HNSW ef, IVF_FLAT nprobe)."""
+        params = self.index.search_params(DUPLICATE_CANDIDATES)
+        return params if self.backend == "milvus-lite" else params | {"radius": radius * radius}
 
     def _groups_of_sources(self, sources: list[str]) -> dict[str, str]:
         """``{source: group}`` of the given sources that have stored faces."""
@@ -518,7 +693,7 @@ class MilvusStore:
     def _relabel(self, moved: dict[str, str]) -> None:
         """Move every face of each group ``old`` to group ``moved[old]`` (one query and one upsert for a few
         hundred groups)."""
-        fields = [*_ENTRY_FIELDS, "embedding", "group"]
+        fields = [*self._entry_fields, "embedding", "group"]
         for chunk in _chunks(sorted(moved), 256):
             expr = f"group in [{', '.join(_literal_raw(g) for g in chunk)}]"
             rows = self._client.query(self.collection, filter=expr, output_fields=fields, limit=_SEARCH_LIMIT,
@@ -625,7 +800,7 @@ class MilvusStore:
         for start in range(0, len(q), step):
             yield from self._client.search(
                 self.collection, data=list(q[start : start + step]), limit=limit, anns_field="embedding",
-                search_params={"metric_type": METRIC, "params": {}}, output_fields=fields,
+                search_params={"metric_type": METRIC, "params": self.index.search_params(limit)}, output_fields=fields,
                 consistency_level=READ_CONSISTENCY, **extra,
             )  # fmt: skip
 
@@ -673,12 +848,15 @@ class MilvusStore:
     def describe(self) -> dict:
         """``{"backend": "milvus-lite" | "milvus", "uri", "faces", "pictures" (:attr:`pictures`), "images"
         (files processed), "skipped", "embedder" (name), "embedder_version", "dim", "collection", "index_type":
-        "FLAT", "metric": "L2", "grouping": "server" | "client" (:attr:`server_grouping`), "server_version",
+        "FLAT" | "HNSW" | "IVF_FLAT", "index_params" (its build parameters: ``{"M", "efConstruction"}``,
+        ``{"nlist"}``, ``{}``), "search_params" (``{"ef"}``, ``{"nprobe"}``, ``{}``), "metric": "L2", "grouping":
+        "server" | "client" (:attr:`server_grouping`), "server_version",
         "next_id"}``."""
         return {"backend": self.backend, "uri": self.uri, "faces": self.ntotal, "pictures": self.pictures,
                 "images": len(self._files), "skipped": len(self.skipped), "embedder": self.embedder.name,
                 "embedder_version": self.embedder.version, "dim": self.embedder.dim, "collection": self.collection,
-                "index_type": INDEX_TYPE, "metric": METRIC,
+                "index_type": self.index.index_type, "index_params": dict(self.index.build),
+                "search_params": dict(self.index.search), "metric": METRIC,
                 "grouping": "server" if self.server_grouping else "client", "server_version": self.server_version,
                 "next_id": self.next_id}  # fmt: skip
 
@@ -699,7 +877,8 @@ class MilvusStore:
 
     # -- internals -------------------------------------------------------------------------------------------
     def _write_meta(self, next_id: int) -> None:
-        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "embedder": vars(self.embedder), "next_id": next_id}
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "embedder": vars(self.embedder), "next_id": next_id,
+                "index": self.index.record()}  # fmt: skip
         self._client.upsert(f"{self.collection}_meta", [{"key": "meta", "value": json.dumps(meta), "_v": [0.0, 0.0]}])
         self.next_id = next_id
 
@@ -718,9 +897,36 @@ class MilvusStore:
 _ENTRY_FIELDS = ["id", "source", "face", "box", "title", "picture_hash"]
 
 
+def _extras(cols: dict[str, np.ndarray], n: int) -> list[str]:
+    """The ``extra`` field of n faces from :func:`~facial_search.index.store.parse_optional` columns: compact
+    JSON of the fields each face has, ``""`` for none."""
+    out = [{} for _ in range(n)]
+    if "blendshapes" in cols:
+        for i in np.flatnonzero(cols["has_blendshapes"]).tolist():
+            out[i]["blendshapes"] = base64.b64encode(cols["blendshapes"][i].tobytes()).decode("ascii")
+    for name in OPTIONAL_FIELDS[1:]:
+        if name in cols:
+            for i, v in enumerate(cols[name].tolist()):
+                if (v >= 0) if name == "track" else (v == v):  # -1 / NaN: none
+                    out[i][name] = v
+    return [json.dumps(x, separators=(",", ":"), allow_nan=False) if x else "" for x in out]
+
+
+def _optional(extra: str | None) -> dict:
+    """The :class:`Entry` optional fields of an ``extra`` field (``""`` or absent: none)."""
+    if not extra:
+        return {}
+    x = json.loads(extra)
+    if "blendshapes" in x:
+        scores = blendshape_scores(np.frombuffer(base64.b64decode(x["blendshapes"]), np.uint8))
+        scores.flags.writeable = False
+        x["blendshapes"] = scores
+    return {k: x[k] for k in OPTIONAL_FIELDS if k in x}
+
+
 def _entry(r: dict) -> Entry:
     return Entry(int(r["id"]), unescape_text(r["source"]), int(r["face"]), tuple(int(v) for v in r["box"]),
-                 unescape_text(r["title"]), r.get("picture_hash") or None)  # fmt: skip
+                 unescape_text(r["title"]), r.get("picture_hash") or None, **_optional(r.get("extra")))  # fmt: skip
 
 
 def _file_record(r: dict) -> FileRecord:
@@ -789,7 +995,7 @@ def _read_meta(uri: str, client, meta_name: str) -> dict:
     return meta
 
 
-def _create_collections(client, collection: str, embedder: EmbedderInfo) -> None:
+def _create_collections(client, collection: str, embedder: EmbedderInfo, index: VectorIndex | None = None) -> None:
     from pymilvus import DataType
 
     def flat(field: str):
@@ -807,7 +1013,11 @@ def _create_collections(client, collection: str, embedder: EmbedderInfo) -> None
         s.add_field("title", DataType.VARCHAR, max_length=_TEXT_MAX)
         s.add_field("picture_hash", DataType.VARCHAR, max_length=64)
         s.add_field("group", DataType.VARCHAR, max_length=_TEXT_MAX)
-        client.create_collection(collection, schema=s, index_params=flat("embedding"), consistency_level="Strong")
+        s.add_field("extra", DataType.VARCHAR, max_length=_EXTRA_MAX)
+        vec = client.prepare_index_params()  # the faces' index: FLAT, or the URI's (INDEX_OPTIONS)
+        index = index or VectorIndex()
+        vec.add_index("embedding", index_type=index.index_type, metric_type=METRIC, params=dict(index.build))
+        client.create_collection(collection, schema=s, index_params=vec, consistency_level="Strong")
     files = f"{collection}_files"
     if not client.has_collection(files):
         s = client.create_schema(auto_id=False, enable_dynamic_field=False)

@@ -1,5 +1,5 @@
 """The default store (a plain path, ``memes.fsindex``): one entry per face, stable ids, Euclidean top-k search
-(exact through FAISS, or through HNSW graphs: ``ann``), and :func:`open_store` (``facial_search.index.open``),
+(exact through FAISS, or through HNSW graphs or inverted files: ``ann``), and :func:`open_store` (``facial_search.index.open``),
 which opens any backend by its URI.
 
 The interface follows FAISS: :meth:`MemeIndex.add`, :meth:`MemeIndex.search` returns ``(distances, ids)``;
@@ -46,7 +46,20 @@ from facial_search.index.fileformat import (
 from facial_search.index.kernels import group_layout, group_min, grouped_top_k, top_k
 from facial_search.index.lock import IndexWriter, held_writer
 from facial_search.index.segments import Segments
-from facial_search.index.table import FILE_COLUMNS, HAS_HASH, ROW_COLUMNS, Grow, Strings, TextIds, encode
+from facial_search.index.table import (
+    BLENDSHAPES,
+    FILE_COLUMNS,
+    HAS_BLENDSHAPES,
+    HAS_HASH,
+    OPTIONAL_ROW_COLUMNS,
+    ROW_COLUMNS,
+    Grow,
+    Strings,
+    TextIds,
+    blendshape_scores,
+    encode,
+    quantise_blendshapes,
+)
 
 if TYPE_CHECKING:
     from facial_search.index.base import Store
@@ -82,7 +95,13 @@ class EmbedderInfo:
         return f"{self.name} v{self.version} ({self.dim}-d)"
 
 
-@dataclass(frozen=True)
+#: The optional keys of an entry (:class:`Entry` fields, :meth:`MemeIndex.add` dict keys), ``None``: none.
+OPTIONAL_FIELDS = tuple(OPTIONAL_ROW_COLUMNS)
+#: How far a blendshape score may lie outside [0, 1] and still be taken (clipped): float rounding only.
+BLENDSHAPE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True, eq=False)
 class Entry:
     """One indexed face.
 
@@ -94,6 +113,15 @@ class Entry:
         title: human-readable title (sidecar CSV or file name).
         picture_hash: 64-bit difference hash of the face's pixels, 16 hex digits
             (:func:`facial_search.index.dedupe.face_dhash`); ``None`` in indexes written before it existed.
+        blendshapes: ``(52,) float32`` (read-only) scores in [0, 1] of the face's blendshapes, ordered as
+            :data:`facial_search.vision.faces.BLENDSHAPE_NAMES`, as stored: quantised to steps of 1/255
+            (error <= 0.002); ``None`` when the index has none for it (indexes written before them).
+        t_start, t_end: seconds in the source video of the *moment* this face stands for (float32 precision:
+            ~0.25 ms an hour); ``None`` for a picture.
+        t_frame: seconds of the moment's most typical sample (the frame ``box`` is from); ``None``: none.
+        track: the face track within the video (an integer >= 0); ``None``: none.
+
+    Equal when every field is (blendshapes compared by value).
     """
 
     id: int
@@ -102,14 +130,38 @@ class Entry:
     box: tuple[int, int, int, int]
     title: str
     picture_hash: str | None = None
+    blendshapes: np.ndarray | None = None
+    t_start: float | None = None
+    t_end: float | None = None
+    t_frame: float | None = None
+    track: int | None = None
+
+    def _key(self) -> tuple:
+        bs = None if self.blendshapes is None else np.asarray(self.blendshapes, np.float32).tobytes()
+        return (self.id, self.source, self.face, tuple(self.box), self.title, self.picture_hash, bs, self.t_start,
+                self.t_end, self.t_frame, self.track)  # fmt: skip
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @classmethod
     def from_dict(cls, id: int, e: dict) -> Entry:
-        """From ``{"source", "face", "box", "title"[, "picture_hash"]}`` (an :meth:`MemeIndex.add` entry or
-        a saved one)."""
-        return cls(
-            int(id), str(e["source"]), int(e["face"]), tuple(map(int, e["box"])), str(e["title"]), e.get("picture_hash")
-        )
+        """From ``{"source", "face", "box", "title"[, "picture_hash", "blendshapes", "t_start", "t_end",
+        "t_frame", "track"]}`` (an :meth:`MemeIndex.add` entry or a saved one; values taken as given: the
+        blendshapes as ``(52,) float32``, unquantised)."""
+        bs = e.get("blendshapes")
+        if bs is not None:
+            bs = np.array(bs, dtype=np.float32).reshape(BLENDSHAPES)
+            bs.flags.writeable = False
+        times = [None if e.get(k) is None else float(e[k]) for k in ("t_start", "t_end", "t_frame")]
+        track = None if e.get("track") is None else int(e["track"])
+        return cls(int(id), str(e["source"]), int(e["face"]), tuple(map(int, e["box"])), str(e["title"]),
+                   e.get("picture_hash"), bs, *times, track)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,9 +193,9 @@ def check_embedder(store, expect: EmbedderInfo | None) -> None:
 
 
 class MemeIndex:
-    """Embeddings and metadata of indexed faces, searchable by exact Euclidean distance (or through HNSW graphs,
-    ``ann``): the file backend of :class:`facial_search.index.base.Store` (``describe()["backend"]`` is
-    ``"file (exact)"`` or ``"file (hnsw)"``).
+    """Embeddings and metadata of indexed faces, searchable by exact Euclidean distance (or through HNSW graphs
+    or inverted files, ``ann``): the file backend of :class:`facial_search.index.base.Store`
+    (``describe()["backend"]`` is ``"file (exact)"``, ``"file (hnsw)"`` or ``"file (ivf)"``).
 
     Made in memory (``MemeIndex(info)``) it has no path (``uri`` is ``""``; write it with :meth:`save`); opened
     from a path (:meth:`load`, :func:`open_store`) it keeps the path, and :meth:`commit` appends what changed to
@@ -157,8 +209,9 @@ class MemeIndex:
     Args:
         embedder: the :class:`EmbedderInfo` of the vectors it holds (recorded in the file).
         path: the index file :meth:`commit` writes (``None``: none yet).
-        ann: search through HNSW graphs with these :class:`~facial_search.index.ann.HNSWParams` (``None``:
-            exact search; see :mod:`facial_search.index.segments`).
+        ann: search through HNSW graphs (:class:`~facial_search.index.ann.HNSWParams`) or inverted files
+            (:class:`~facial_search.index.ann.IVFParams`) with these parameters (``None``: exact search; see
+            :mod:`facial_search.index.segments`).
     """
 
     def __init__(self, embedder: EmbedderInfo, *, path: str | os.PathLike | None = None, ann=None):
@@ -246,6 +299,7 @@ class MemeIndex:
             raise KeyError(id)
         r = self._rows
         flags = int(r["flags"].a[row])
+        extra = {k: v[0] for k, v in self._optional_values(np.array([row]), flags=r["flags"].a[[row]]).items()}
         return Entry(
             int(r["ids"].a[row]),
             self._sources.get(int(r["source"].a[row])),
@@ -253,24 +307,50 @@ class MemeIndex:
             tuple(int(v) for v in r["box"].a[row]),
             self._texts.get(int(r["title"].a[row])),
             f"{int(r['picture_hash'].a[row]):016x}" if flags & HAS_HASH else None,
+            **extra,
         )
+
+    def _optional_columns(self) -> list[str]:
+        """The optional columns this store has (:data:`OPTIONAL_FIELDS` order)."""
+        return [name for name in OPTIONAL_FIELDS if name in self._rows]
+
+    def _optional_values(self, rows: np.ndarray | None, flags: np.ndarray) -> dict[str, list]:
+        """The optional fields of ``rows`` (``None``: the live rows, in order) as :class:`Entry` values: one list
+        per column the store has (``None`` where a row has none)."""
+        out = {}
+        for name in OPTIONAL_FIELDS:
+            if name not in self._rows:
+                continue
+            v = self._column(name) if rows is None else self._rows[name].a[rows]
+            if name == "blendshapes":
+                scores = blendshape_scores(v)
+                scores.flags.writeable = False
+                has = ((flags & HAS_BLENDSHAPES) != 0).tolist()
+                out[name] = [scores[i] if h else None for i, h in enumerate(has)]
+            elif name == "track":
+                out[name] = [None if t < 0 else t for t in v.tolist()]
+            else:
+                out[name] = [None if t != t else t for t in v.tolist()]  # NaN: none
+        return out
 
     def entries(self) -> list[Entry]:
         """All entries in row order (made now: ~1 s a million)."""
         ids, face, box = self._column("ids").tolist(), self._column("face").tolist(), self._column("box").tolist()
         hashes, flags = self._column("picture_hash").tolist(), self._column("flags").tolist()
         sources, titles = self._column("source").tolist(), self._column("title").tolist()
+        extra = self._optional_values(None, self._column("flags"))
         names: dict[int, str] = {}
         texts: dict[int, str] = {}
         out = []
-        for i, s, f, b, t, h, fl in zip(ids, sources, face, box, titles, hashes, flags, strict=True):
+        for j, (i, s, f, b, t, h, fl) in enumerate(zip(ids, sources, face, box, titles, hashes, flags, strict=True)):
             src = names.get(s)
             if src is None:
                 src = names[s] = self._sources.get(s)
             title = texts.get(t)
             if title is None:
                 title = texts[t] = self._texts.get(t)
-            out.append(Entry(i, src, f, tuple(b), title, f"{h:016x}" if fl & HAS_HASH else None))
+            more = {k: v[j] for k, v in extra.items()} if extra else {}
+            out.append(Entry(i, src, f, tuple(b), title, f"{h:016x}" if fl & HAS_HASH else None, **more))
         return out
 
     def source_groups(self) -> np.ndarray:
@@ -327,12 +407,19 @@ class MemeIndex:
             embeddings: ``(n, D) float32``, D = the embedder's dimension; each row unit-norm (L2, within
                 1e-3) or all zero.
             entries: n dicts with ``source``, ``face`` (>= 0), ``box`` (x, y, w, h), ``title``, optionally
-                ``picture_hash`` (16 hex digits, :func:`~facial_search.index.dedupe.face_dhash`, or ``None``).
+                ``picture_hash`` (16 hex digits, :func:`~facial_search.index.dedupe.face_dhash`, or ``None``),
+                and the optional :class:`Entry` fields (absent or ``None``: none): ``blendshapes`` (52 scores
+                in [0, 1], a sequence or an array, e.g. ``Face.blendshapes``; stored as uint8, 1/255 steps),
+                ``t_start`` and ``t_end`` (seconds >= 0, both or neither, ``t_start <= t_end``), ``t_frame``
+                (seconds >= 0, within [t_start, t_end] when they are given), ``track`` (an integer >= 0). A
+                store holds (and its file writes) an optional column only once some entry has a value for it.
 
         Raises:
             ValueError: as many embeddings as entries not given, rows of another dimension, NaN, infinite or
                 not unit-norm; a face number below 0, a box that is not four integers, a picture hash that is
-                not 16 hex digits. Nothing is added then.
+                not 16 hex digits; blendshapes that are not 52 finite scores in [0, 1], times that are not
+                finite seconds >= 0 or not in order, one end of a moment without the other, a track that is
+                not an integer >= 0. Nothing is added then.
         """
         emb = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embedder.dim)
         if len(entries) != len(emb):
@@ -345,6 +432,9 @@ class MemeIndex:
         if bad.any():
             raise ValueError(f"embedding {int(np.flatnonzero(bad)[0])} has norm {norms[bad][0]:.6g}, not 1 (or 0)")
         faces, boxes, hashes, flags = _parse_entries(entries)
+        optional = parse_optional(entries)
+        if "blendshapes" in optional:
+            flags |= np.where(optional.pop("has_blendshapes"), np.uint8(HAS_BLENDSHAPES), np.uint8(0))
         with self._lock:
             ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
             sources = self._sources.ids_of([encode(str(e["source"])) for e in entries])
@@ -355,6 +445,14 @@ class MemeIndex:
                     "flags": flags, "source": sources, "title": titles, "group": np.full(n, -1)}  # fmt: skip
             for name, values in cols.items():
                 self._rows[name].extend(values)
+            for name, (d, shape, fill) in OPTIONAL_ROW_COLUMNS.items():
+                if name in optional and name not in self._rows:  # the first values of this column
+                    self._rows[name] = Grow(d, shape, len(self._rows["ids"].a))
+                    self._rows[name].fill(self._live.n, fill)
+                if name in optional:
+                    self._rows[name].extend(optional[name])
+                elif name in self._rows:
+                    self._rows[name].fill(n, fill)
             self._live.extend(np.ones(n, dtype=bool))
             np.add.at(self._per_source["live"].a, sources, 1)
             self.next_id += n
@@ -449,6 +547,10 @@ class MemeIndex:
                 fresh = sources[order][np.isin(sources[order], fresh)]
                 label[fresh] = self._groups.new_labels(len(fresh))
             self._rows["group"].a[start:n] = label[sources]
+            if "t_start" in self._rows:  # a video's moments: each one result of its own (issue 18), not one per video
+                moment = np.flatnonzero(~np.isnan(self._rows["t_start"].a[start:n]))
+                if len(moment):
+                    self._rows["group"].a[start + moment] = self._groups.new_labels(len(moment))
             r = self._rows
             joined = self._groups.join_duplicates(
                 r["embeddings"].view, r["picture_hash"].view, (r["flags"].view & HAS_HASH) != 0, self._live.view,
@@ -480,7 +582,7 @@ class MemeIndex:
         self, queries: np.ndarray, k: int = 3, *, group_by_source: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """k-nearest neighbours by Euclidean distance: exact (FAISS ``knn``, the kernel of ``IndexFlatL2``, over
-        the store's own array), or approximate through the HNSW graphs of an ``ann`` store.
+        the store's own array), or approximate through the HNSW graphs or inverted files of an ``ann`` store.
 
         Args:
             queries: ``(Q, D) float32`` (or ``(D,)`` for one query).
@@ -572,13 +674,15 @@ class MemeIndex:
     # -- ANN -----------------------------------------------------------------------------------------------
     @property
     def ann(self):
-        """The :class:`~facial_search.index.ann.HNSWParams` of an ANN store, ``None`` for exact search."""
+        """The :class:`~facial_search.index.ann.HNSWParams` or :class:`~facial_search.index.ann.IVFParams` of an
+        ANN store, ``None`` for exact search."""
         return self._ann
 
     def set_ann(self, params) -> None:
-        """Search through HNSW graphs with ``params`` from now on (``None``: exactly). The graphs are built at
-        the next :meth:`commit` (the whole store at once: ~4 minutes a million rows on 2 cores); a change of
-        ``ef_search`` alone keeps them."""
+        """Search through HNSW graphs or inverted files with ``params`` from now on (``None``: exactly). They are
+        built at the next :meth:`commit` (the whole store at once: a million rows on 2 cores ~4 minutes for
+        HNSW, ~2 for IVF); a change of ``ef_search``, ``ef_construction`` or ``nprobe`` alone keeps them
+        (:meth:`~facial_search.index.ann.HNSWParams.build_key`)."""
         with self._lock:
             if params == self._ann:
                 return
@@ -588,7 +692,7 @@ class MemeIndex:
             if params is None:
                 self._segments = None
                 self._poison(np.flatnonzero(~self._live.view))
-            elif old is None or old.M != params.M:
+            elif old is None or old.build_key() != params.build_key():
                 self._segments = Segments(params)
                 if old is None and self._dead:
                     self._state = None  # poisoned rows must not reach a graph: compacted away at the next commit
@@ -644,7 +748,7 @@ class MemeIndex:
             own = self._own(path)
             if own and self._state is not None and not self._compaction_due():
                 if self._segments is not None:
-                    self._segments.seal(self._rows["embeddings"].a, self._live.n)
+                    self._segments.seal(self._rows["embeddings"].a, self._live.n, live=self._live.a)
                 head, sections, dead = self._commit_record(full=False)
                 try:
                     self._state = append_commit(path, self._state, head, sections, dead)
@@ -656,7 +760,7 @@ class MemeIndex:
             if self._dead:
                 self._compact()
             if self._segments is not None:  # a whole file: every row in a graph
-                self._segments.seal(self._rows["embeddings"].a, self._live.n, force=True)
+                self._segments.seal(self._rows["embeddings"].a, self._live.n, force=True, live=self._live.a)
             self._relabel_to_roots()
             head, sections, _ = self._commit_record(full=True)
             seq = self._state.seq + 1 if own and self._state is not None else 1
@@ -677,7 +781,8 @@ class MemeIndex:
         """Whether the next commit rewrites the file whole: more than half of it dead (removed rows, superseded
         records and graphs), or more than :data:`MAX_RECORDS` commits in it."""
         s = self._state
-        dead = s.dead_bytes + sum(len(r) for r in self._removed) * row_bytes(self.embedder.dim)
+        removed = sum(len(r) for r in self._removed)
+        dead = s.dead_bytes + removed * row_bytes(self.embedder.dim, self._optional_columns())
         return dead * 2 > s.end or s.records >= MAX_RECORDS
 
     def _after_write(self) -> None:
@@ -698,7 +803,8 @@ class MemeIndex:
         if dead_new.any() and self._ann is None:  # removed before ever written: zeros (POISON is no unit vector)
             rows["embeddings"] = rows["embeddings"].copy()
             rows["embeddings"][dead_new] = 0.0
-        sections = [(name, rows[name]) for name in ROW_COLUMNS]
+        columns = [name for name in OPTIONAL_ROW_COLUMNS if name in rows]
+        sections = [(name, rows[name]) for name in (*ROW_COLUMNS, *columns)]
         blob_bytes = []
         for table, a, what in ((self._sources, s0, "source"), (self._texts, t0, "text")):
             first = int(table.ends.a[a - 1]) if a else 0
@@ -738,10 +844,12 @@ class MemeIndex:
             "merges": len(merges),
             "segments": segs,
         }
+        if columns:  # absent otherwise: a store without optional columns writes what earlier releases read
+            head["columns"] = columns
         if full or self._meta_changed or self._state is None:
             head["meta"] = {"format": FORMAT_NAME, "embedder": asdict(self.embedder),
                             "ann": None if self._ann is None else self._ann.to_dict()}  # fmt: skip
-        dead = len(removed) * (row_bytes(self.embedder.dim) + 8)
+        dead = len(removed) * (row_bytes(self.embedder.dim, self._optional_columns()) + 8)
         dead += int((has[changed] & in_file[changed]).sum()) * FILE_RECORD_BYTES if len(changed) else 0
         return head, sections, dead
 
@@ -751,9 +859,9 @@ class MemeIndex:
         keep = np.flatnonzero(self._live.view)
         dim = self.embedder.dim
         rows = {}
-        for name, (d, s) in ROW_COLUMNS.items():
-            g = Grow(d, (dim,) if name == "embeddings" else s, max(16, 2 * len(keep)))
-            g.extend(self._rows[name].view[keep])
+        for name, old in self._rows.items():  # the optional columns too, where the store has them
+            g = Grow(old.a.dtype, (dim,) if name == "embeddings" else old.a.shape[1:], max(16, 2 * len(keep)))
+            g.extend(old.view[keep])
             rows[name] = g
         has = self._files["has"].view
         used_src = np.union1d(rows["source"].view, np.flatnonzero(has))
@@ -809,9 +917,9 @@ class MemeIndex:
         got = read_index(path)
         ann = None
         if got.meta["ann"] is not None:
-            from facial_search.index.ann import HNSWParams
+            from facial_search.index.ann import params_from_dict
 
-            ann = HNSWParams.from_dict(got.meta["ann"])
+            ann = params_from_dict(got.meta["ann"])
         index = cls(EmbedderInfo(**got.meta["embedder"]), path=path, ann=ann)
         check_embedder(index, expect)
         index._rows, index._live, index._sources, index._texts = got.rows, got.live, got.sources, got.texts
@@ -862,17 +970,21 @@ class MemeIndex:
         self.save(self._path, lock=writer)
 
     def describe(self) -> dict:
-        """What ``facial-search info`` shows: ``{"backend": "file (exact)" or "file (hnsw)", "uri", "faces",
-        "pictures" (groups of :meth:`source_groups`), "images" (files processed), "skipped", "embedder"
+        """What ``facial-search info`` shows: ``{"backend": "file (exact)", "file (hnsw)" or "file (ivf)", "uri",
+        "faces", "pictures" (groups of :meth:`source_groups`), "images" (files processed), "skipped", "embedder"
         (name), "embedder_version", "dim", "format_version" (the version :meth:`save` writes), "ann" (``None``,
-        or ``{"M", "ef_construction", "ef_search"}``), "segments" (HNSW graphs: sealed segments, 0 when
-        exact)}``."""
-        return {"backend": "file (exact)" if self._ann is None else "file (hnsw)", "uri": self.uri,
+        ``{"M", "ef_construction", "ef_search"}`` or ``{"kind": "ivf", "nlist", "nprobe"}``), "segments" (ANN
+        indexes: sealed segments, 0 when exact)}``, and for IVF "ivf_lists": the lists each segment made
+        (:func:`~facial_search.index.ann.ivf_nlist`, at most ``nlist``)."""
+        ivf = {}
+        if self._ann is not None and self._ann.kind == "ivf":
+            ivf["ivf_lists"] = [s.graph.nlist for s in self._segments.sealed]
+        return {"backend": "file (exact)" if self._ann is None else f"file ({self._ann.kind})", "uri": self.uri,
                 "faces": self.ntotal, "pictures": int(self.source_groups().max(initial=-1)) + 1,
                 "images": len(self.files), "skipped": len(self.skipped), "embedder": self.embedder.name,
                 "embedder_version": self.embedder.version, "dim": self.embedder.dim,
                 "format_version": FORMAT_VERSION, "ann": None if self._ann is None else self._ann.to_dict(),
-                "segments": 0 if self._segments is None else len(self._segments.sealed)}  # fmt: skip
+                "segments": 0 if self._segments is None else len(self._segments.sealed)} | ivf  # fmt: skip
 
     def hold_writer(self) -> MemeIndex:
         """Take the writer lock of the index's path and hold it until :meth:`close`; returns ``self``.
@@ -962,6 +1074,82 @@ def _parse_entries(entries: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return faces, boxes, hashes, flags
 
 
+def _number(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def parse_optional(entries: list[dict]) -> dict[str, np.ndarray]:
+    """The optional columns of :meth:`MemeIndex.add` entries (:data:`OPTIONAL_FIELDS`) that some entry has a
+    value for, in their stored dtypes (:data:`~facial_search.index.table.OPTIONAL_ROW_COLUMNS`; a row without
+    a value gets the column's fill), plus ``"has_blendshapes"`` ``(n,) bool`` beside ``"blendshapes"``
+    ``(n, 52) uint8``. ValueError for a bad value (the message names the entry; see :meth:`MemeIndex.add`)."""
+    n = len(entries)
+    out: dict[str, np.ndarray] = {}
+    if not any(e.get(k) is not None for e in entries for k in OPTIONAL_FIELDS):
+        return out
+    bs = [e.get("blendshapes") for e in entries]
+    has = np.array([b is not None for b in bs], dtype=bool)
+    if has.any():
+        given = [b for b in bs if b is not None]
+        try:
+            v = np.asarray(given, dtype=np.float64)  # all at once: (m, 52) when every one is 52 numbers
+        except (TypeError, ValueError):
+            v = np.zeros(0)
+        if v.shape != (len(given), BLENDSHAPES):
+            for i in np.flatnonzero(has).tolist():  # the first bad one, named
+                try:
+                    shape = np.asarray(bs[i], dtype=np.float64).shape
+                except (TypeError, ValueError):
+                    shape = "not numbers"
+                if shape != (BLENDSHAPES,):
+                    raise ValueError(f"entries[{i}]: blendshapes must be {BLENDSHAPES} scores (got shape {shape})")
+            raise ValueError(f"entries: blendshapes must be {BLENDSHAPES} scores each")
+        rows = np.flatnonzero(has)
+        bad = ~np.isfinite(v).all(axis=1)
+        if bad.any():
+            raise ValueError(f"entries[{int(rows[np.argmax(bad)])}]: blendshapes hold NaN or infinite values")
+        bad = (v.min(axis=1) < -BLENDSHAPE_TOLERANCE) | (v.max(axis=1) > 1 + BLENDSHAPE_TOLERANCE)
+        if bad.any():
+            j = int(np.argmax(bad))
+            got = f"{v[j].min():.4g}..{v[j].max():.4g}"
+            raise ValueError(f"entries[{int(rows[j])}]: blendshape scores must lie in [0, 1] (got {got})")
+        scores = np.zeros((n, BLENDSHAPES), np.uint8)
+        scores[rows] = quantise_blendshapes(v)
+        out["blendshapes"], out["has_blendshapes"] = scores, has
+    times = {}
+    for k in ("t_start", "t_end", "t_frame"):
+        vals = [e.get(k) for e in entries]
+        if all(v is None for v in vals):
+            continue
+        col = np.full(n, np.nan, np.float32)
+        for i, v in enumerate(vals):
+            if v is None:
+                continue
+            if not _number(v) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"entries[{i}]: {k} must be a finite number of seconds >= 0 or None (got {v!r})")
+            col[i] = v
+        times[k] = col
+    if times:
+        none = np.full(n, np.nan, np.float32)
+        a, b, f = (times.get(k, none) for k in ("t_start", "t_end", "t_frame"))
+        for i in np.flatnonzero((np.isnan(a) != np.isnan(b)) | (a > b)).tolist():
+            raise ValueError(f"entries[{i}]: a moment needs t_start <= t_end, both or neither (got {a[i]}, {b[i]})")
+        for i in np.flatnonzero(~np.isnan(f) & ~np.isnan(a) & ((f < a) | (f > b))).tolist():
+            raise ValueError(f"entries[{i}]: t_frame {f[i]} lies outside its moment [{a[i]}, {b[i]}]")
+        out |= times
+    tracks = [e.get("track") for e in entries]
+    if any(t is not None for t in tracks):
+        col = np.full(n, -1, np.int32)
+        for i, t in enumerate(tracks):
+            if t is None:
+                continue
+            if isinstance(t, bool) or not isinstance(t, int | np.integer) or not 0 <= t < 2**31:
+                raise ValueError(f"entries[{i}]: track must be an integer >= 0 or None (got {t!r})")
+            col[i] = t
+        out["track"] = col
+    return out
+
+
 #: URI schemes :func:`open_store` knows, besides a plain path.
 FILE_SCHEME, MILVUS_SCHEMES = "file://", ("milvus-lite://", "milvus://")
 
@@ -1006,9 +1194,10 @@ def open_store(
             no other process writes it meanwhile (a second writer is refused at once). A Milvus store assumes
             one writer (see its module) and takes no lock.
         ann: file stores: how to search, recorded in the file: an :class:`~facial_search.index.ann.HNSWParams`
-            (HNSW graphs, :mod:`facial_search.index.segments`), ``"exact"``, or ``None`` to keep the store's own
-            setting (exact for a new one). A change takes effect at the next commit, which builds (or drops)
-            the graphs.
+            (HNSW graphs) or :class:`~facial_search.index.ann.IVFParams` (inverted files; both:
+            :mod:`facial_search.index.segments`), ``"exact"``, or ``None`` to keep the store's own setting
+            (exact for a new one). A change takes effect at the next commit, which builds (or drops) the
+            graphs.
 
     Returns:
         a :class:`~facial_search.index.base.Store`; close it (or use it as a context manager).
@@ -1023,14 +1212,14 @@ def open_store(
         OutputError: ``writer`` or ``create``, and nothing can be written at the path.
         IndexBackendError: a Milvus server that cannot be reached.
         ValueError: ``create`` without ``embedder``.
-        OptionError: ``ann`` neither ``None``, ``"exact"`` nor HNSW parameters, or given for a Milvus store
-            (whose index types Milvus sets).
+        OptionError: ``ann`` neither ``None``, ``"exact"`` nor HNSW or IVF parameters, or given for a Milvus store
+            (whose index its URI names: ``?index=HNSW``, :mod:`facial_search.index.milvus`).
     """
     if ann is not None and ann != EXACT:
-        from facial_search.index.ann import HNSWParams
+        from facial_search.index.ann import HNSWParams, IVFParams
 
-        if not isinstance(ann, HNSWParams):
-            raise OptionError(f"ann: must be None, {EXACT!r} or HNSWParams (got {ann!r})")
+        if not isinstance(ann, HNSWParams | IVFParams):
+            raise OptionError(f"ann: must be None, {EXACT!r} or HNSWParams / IVFParams (got {ann!r})")
     if create and embedder is None:
         raise ValueError("create=True needs the embedder (the store records it)")
     text = os.fsdecode(os.fspath(uri))
@@ -1041,7 +1230,10 @@ def open_store(
             known = ", ".join(f"{s}..." for s in (FILE_SCHEME, *MILVUS_SCHEMES))
             raise IndexURIError(f"{text}: unknown index URI scheme {scheme!r} (a path, or one of {known})")
         if ann is not None:
-            raise OptionError(f"{text}: ann (--ann) applies to file stores only; Milvus chooses its own index")
+            raise OptionError(
+                f"{text}: ann (--ann) applies to file stores only; a Milvus store's index is named in the URI that "
+                "creates it (?index=HNSW or ?index=IVF_FLAT)"
+            )
         store = _open_milvus(text, embedder, create)
     else:
         store = _open_file(text, path, embedder, create, writer)
@@ -1086,5 +1278,5 @@ def _open_milvus(uri: str, embedder: EmbedderInfo | None, create: bool) -> Store
     return MilvusStore.open(uri, embedder=embedder, create=create)
 
 
-__all__ = ["EXACT", "EmbedderInfo", "Entry", "FileRecord", "MemeIndex", "FORMAT_NAME", "FORMAT_VERSION", "check_embedder",
-           "file_path", "group_layout", "group_min", "open_store", "top_k"]  # fmt: skip
+__all__ = ["EXACT", "EmbedderInfo", "Entry", "FileRecord", "MemeIndex", "FORMAT_NAME", "FORMAT_VERSION", "OPTIONAL_FIELDS",
+           "check_embedder", "file_path", "group_layout", "group_min", "open_store", "parse_optional", "top_k"]  # fmt: skip

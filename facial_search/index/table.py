@@ -29,6 +29,25 @@ ROW_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 #: ``flags`` bit: the row has a picture hash (rows of format-1 files have none).
 HAS_HASH = 1
+#: ``flags`` bit: the row has blendshapes (its ``blendshapes`` row holds them; else that row is all 0).
+HAS_BLENDSHAPES = 2
+#: Every ``flags`` bit defined (any other set bit is damage).
+KNOWN_FLAGS = HAS_HASH | HAS_BLENDSHAPES
+#: Blendshape scores per face (``facial_search.vision.faces.NUM_BLENDSHAPES``, the FaceLandmarker v1 model's).
+BLENDSHAPES = 52
+#: Optional per-row columns: name -> (dtype, trailing shape, fill value of a row that has none). A store
+#: holds one only once some row has a value for it (a store of pictures pays nothing for the video columns);
+#: the file stores it, after ``group``, in this order, in the commits that list it in their head's
+#: ``"columns"``. ``blendshapes``: scores in [0, 1] quantised to 1/255 steps (``round(255 * s)``; whether a
+#: row has them is its ``flags`` bit :data:`HAS_BLENDSHAPES`). ``t_start``, ``t_end``, ``t_frame``: seconds
+#: in the source video (NaN: none); ``track``: the face track within the video (-1: none).
+OPTIONAL_ROW_COLUMNS: dict[str, tuple[str, tuple[int, ...], object]] = {
+    "blendshapes": ("u1", (BLENDSHAPES,), 0),
+    "t_start": ("<f4", (), np.nan),
+    "t_end": ("<f4", (), np.nan),
+    "t_frame": ("<f4", (), np.nan),
+    "track": ("<i4", (), -1),
+}
 #: Per-source columns of the file records (one slot per source string; ``-1`` text ids: none).
 FILE_COLUMNS: dict[str, str] = {
     "size": "<i8",
@@ -37,6 +56,16 @@ FILE_COLUMNS: dict[str, str] = {
     "skipped": "<i4",
     "finder": "<i4",
 }
+
+
+def quantise_blendshapes(scores: np.ndarray) -> np.ndarray:
+    """``(..., 52) uint8`` of scores in [0, 1]: ``round(255 * s)`` (steps of 1/255, error <= 0.002)."""
+    return np.rint(np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def blendshape_scores(stored: np.ndarray) -> np.ndarray:
+    """The ``float32`` scores of stored ``uint8`` blendshapes (``q / 255``)."""
+    return np.asarray(stored, dtype=np.float32) / np.float32(255.0)
 
 
 class Grow:
@@ -61,6 +90,12 @@ class Grow:
             bigger = np.empty((cap, *self.a.shape[1:]), dtype=self.a.dtype)
             bigger[: self.n] = self.a[: self.n]
             self.a = bigger
+
+    def fill(self, k: int, value) -> None:
+        """Append ``k`` rows all equal to ``value``."""
+        self.reserve(self.n + k)
+        self.a[self.n : self.n + k] = value
+        self.n += k
 
     def extend(self, values) -> None:
         values = np.asarray(values, dtype=self.a.dtype)
@@ -236,4 +271,5 @@ class TextIds:
         self._seen.clear()
 
 
-__all__ = ["FILE_COLUMNS", "HAS_HASH", "ROW_COLUMNS", "Grow", "Strings", "TextIds", "decode", "encode"]
+__all__ = ["BLENDSHAPES", "FILE_COLUMNS", "HAS_BLENDSHAPES", "HAS_HASH", "KNOWN_FLAGS", "OPTIONAL_ROW_COLUMNS", "ROW_COLUMNS",
+           "Grow", "Strings", "TextIds", "blendshape_scores", "decode", "encode", "quantise_blendshapes"]  # fmt: skip

@@ -10,7 +10,8 @@ Routes (every GET route answers HEAD too):
 
 - ``GET /``: the page (``static/``: plain HTML, CSS and JS, no build step). On-device mode (the default where
   WebAssembly and the models load: ``static/ondevice.js``) finds and embeds the faces in the browser and sends
-  only their embeddings to ``POST /api/search/vectors``; otherwise the camera's frames, downscaled to about
+  only their embeddings and blendshape scores (which explain each match: ``static/explain.js``) to
+  ``POST /api/search/vectors``; otherwise the camera's frames, downscaled to about
   320 px JPEG, go to ``POST /api/search`` several times a second, one request in flight at most.
 - ``POST /api/search`` (multipart field ``image``; query ``k``, 1-10, default 3, and ``all_faces``, default
   false: k different memes): the ``facial-search search --json`` document (face boxes in the upload's
@@ -27,7 +28,8 @@ Routes (every GET route answers HEAD too):
   an int): only files recorded in the index are ever served; ``GET /api/memes/{id}/thumb``: a JPEG of it, at
   most 256 px (:func:`facial_search.web.export.thumbnail`, made once, kept).
 - ``GET /api/index/export``: the whole index for the page's private mode, which then searches on the device
-  (:mod:`facial_search.web.export`); 501 for a backend that gives out no embeddings.
+  (:mod:`facial_search.web.export`), gzip-compressed where the client takes it (compressed once, kept); 501 for
+  a backend that gives out no embeddings.
 - ``GET /manifest.webmanifest``, ``GET /icons/...``, ``GET /sw.js``: the installable web app and its service
   worker, which keeps the page, the models and (private mode) the index for offline use (:mod:`facial_search.web.pwa`).
 - ``GET /healthz``; ``GET /docs`` (Swagger UI, its files served by us from the ``swagger-ui-bundle``

@@ -80,7 +80,10 @@ def build_export(store, embedder: str) -> dict:
     Returns:
         A JSON-ready dict: ``embeddings`` base64 of ``(N, D)`` little-endian float32 rows; ``ids``, ``groups``,
         ``faces``, ``source`` (into ``sources``), ``title`` (into ``titles``): one number per face, rows in
-        the same order; ``thumb_ids``: one face id per source file, whose ``thumb_url`` shows that file.
+        the same order; ``thumb_ids``: one face id per source file, whose ``thumb_url`` shows that file;
+        ``blendshapes``: base64 of ``(N, 52)`` uint8 rows, each face's blendshape scores times 255, rounded (as
+        the index stores them; a row of zeros for a face without, whose row number ``blendshapes_missing``
+        lists), or ``None`` when no face has them (:func:`blendshape_rows`).
 
     Raises:
         IndexExportError: a backend without its embeddings, or more than :data:`MAX_EXPORT_FACES` faces.
@@ -108,6 +111,9 @@ def build_export(store, embedder: str) -> dict:
     groups = _groups(store, np.array(source_of, dtype=np.int64))
     data = np.ascontiguousarray(emb, dtype="<f4")
     digest = hashlib.sha256(data.tobytes() + ids.astype("<i8").tobytes() + groups.astype("<i8").tobytes())
+    scores, missing = blendshape_rows(entries)
+    if scores is not None:
+        digest.update(scores.tobytes())  # an index re-built with blendshapes is another export
     return {
         "format": FORMAT,
         "embedder": embedder,
@@ -125,7 +131,24 @@ def build_export(store, embedder: str) -> dict:
         "thumb_ids": thumb_ids,
         "thumb_url": THUMB_URL,
         "image_url": IMAGE_URL,
+        "blendshapes": None if scores is None else base64.b64encode(scores.tobytes()).decode("ascii"),
+        "blendshapes_missing": missing,
     }
+
+
+def blendshape_rows(entries: list) -> tuple[np.ndarray | None, list[int]]:
+    """``((N, 52) uint8, rows without)`` of the entries' blendshapes (``round(255 * score)``: the index's own
+    quantisation, so the page's explanations equal the server's); ``(None, all rows)`` when none has them."""
+    from facial_search.index.table import BLENDSHAPES, quantise_blendshapes
+
+    missing = [i for i, e in enumerate(entries) if getattr(e, "blendshapes", None) is None]
+    if len(missing) == len(entries):
+        return None, missing
+    out = np.zeros((len(entries), BLENDSHAPES), np.uint8)
+    for i, e in enumerate(entries):
+        if e.blendshapes is not None:
+            out[i] = quantise_blendshapes(e.blendshapes)
+    return out, missing
 
 
 def encode(doc: dict) -> bytes:

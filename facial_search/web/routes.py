@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import mimetypes
+import weakref
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -15,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from facial_search.errors import EmbedderMismatchError, ImageError
+from facial_search.explain import shared_blendshapes
 from facial_search.web import export, ondevice
 from facial_search.web.config import MAX_K, ServeConfig
 from facial_search.web.pool import SearchPool
@@ -81,9 +84,11 @@ def _err(description: str) -> dict:
 @router.post(
     "/api/search",
     response_model=SearchDocument,
+    response_model_exclude_unset=True,  # a picture's match has no moment keys (not null ones)
     summary="Top-k memes for every face in a photo",
     description=(
-        "The `facial-search search --json` document; `faces` is empty when no face is seen. Nothing is stored: "
+        "The `facial-search search --json --explain` document (each match's `explain`: the blendshapes both faces "
+        "share most); `faces` is empty when no face is seen. Nothing is stored: "
         "the upload is read into memory, decoded, searched and dropped; the answer is sent `Cache-Control: "
         "no-store`."
     ),
@@ -158,22 +163,54 @@ def search_vectors(pool: SearchPool, query: VectorQuery) -> dict:
         raise HTTPException(422, f"vectors {i}: L2 norm {norms[i]:.6g}, not unit-norm (within {NORM_TOLERANCE:g} of 1)")
     if query.boxes is not None and len(query.boxes) != len(query.vectors):
         raise HTTPException(422, f"boxes: {len(query.boxes)} boxes for {len(query.vectors)} vectors")
+    if query.blendshapes is not None and len(query.blendshapes) != len(query.vectors):
+        raise HTTPException(422, f"blendshapes: {len(query.blendshapes)} entries for {len(query.vectors)} vectors")
     q = (q / norms[:, None]).astype(np.float32)
     dist, ids = index.search(q, query.k, group_by_source=not query.all_faces)
     fields = pool.match_fields
     faces = []
     for f, (drow, irow) in enumerate(zip(dist.tolist(), ids.tolist(), strict=True)):
         matches = []
+        mine = None if query.blendshapes is None or query.blendshapes[f] is None else np.asarray(query.blendshapes[f])
         for rank, (d, i) in enumerate(zip(drow, irow, strict=True), start=1):
             if i < 0:
                 break
             source, face, title = fields(i)
-            matches.append(
-                {"rank": rank, "id": i, "source": source, "face": face, "title": title, "distance": round(d, 6)}
-            )
+            explain = None if mine is None else shared_blendshapes(mine, match_blendshapes(pool, i))
+            matches.append({"rank": rank, "id": i, "source": source, "face": face, "title": title,
+                            "distance": round(d, 6), "explain": explain} | match_moment(pool, i))  # fmt: skip
         box = list(query.boxes[f]) if query.boxes is not None else [0, 0, 0, 0]
         faces.append({"box": box, "matches": matches})
     return {"image": query.image, "faces": faces}
+
+
+_BLENDSHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pool -> {id: scores or None}
+_MOMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pool -> {id: moment keys}
+
+
+def match_moment(pool: SearchPool, id: int) -> dict:
+    """The moment keys of meme face ``id`` in a match (``t_start``, ``t_end``, ``t_frame``, ``track``: a video's
+    moment, :meth:`facial_search.pipeline.Match.moment_json`; ``{}`` for a picture), read from the store on first
+    use and kept per pool."""
+    kept = _MOMENTS.setdefault(pool, {})
+    got = kept.get(id)
+    if got is None:
+        e = pool.index.entry(id)
+        t, t_frame, track = getattr(e, "t_start", None), getattr(e, "t_frame", None), getattr(e, "track", None)
+        got = kept[id] = {} if t is None else {
+            "t_start": round(float(t), 3), "t_end": round(float(e.t_end), 3),
+            "t_frame": round(float(t if t_frame is None else t_frame), 3), "track": None if track is None else int(track),
+        }  # fmt: skip
+    return got
+
+
+def match_blendshapes(pool: SearchPool, id: int) -> np.ndarray | None:
+    """The stored ``(52,) float32`` blendshapes of meme face ``id`` (``None``: none stored), read from the store
+    on first use and kept per pool (a served store only grows; ids are never reused)."""
+    kept = _BLENDSHAPES.setdefault(pool, {})
+    if id not in kept:
+        kept[id] = pool.index.entry(id).blendshapes
+    return kept[id]
 
 
 def json_response(doc: dict) -> Response:
@@ -187,20 +224,24 @@ def json_response(doc: dict) -> Response:
 @router.post(
     "/api/search/vectors",
     response_model=SearchDocument,
+    response_model_exclude_unset=True,  # a picture's match has no moment keys (not null ones)
     summary="Top-k memes for embeddings made on the client",
     description=(
         "The document of `POST /api/search` for faces the client found and embedded itself (the page's on-device "
         "mode: MediaPipe and the expression model in the browser), so that no picture leaves it. Each vector must "
         "come from the index's embedder (`GET /api/ondevice`: `embedder`, `model_url`), have the index's dimension "
         f"(64), be finite and unit-norm (L2 norm within {NORM_TOLERANCE:g} of 1); at most {MAX_VECTORS} a request. "
-        "`box` is what `boxes` sent, else `[0, 0, 0, 0]`. Sent `Cache-Control: no-store`."
+        "`box` is what `boxes` sent, else `[0, 0, 0, 0]`. With `blendshapes` (per vector, the face's 52 "
+        "FaceLandmarker scores) each match's `explain` lists the blendshapes both faces share most, else it is "
+        "null. Sent `Cache-Control: no-store`."
     ),
     responses={
         400: _err("a body that is not UTF-8 text"),
         409: _err("the vectors' embedder is not the index's (another model, version or dimension)"),
         422: _err(
             f"a vector of another dimension, NaN or infinite, not unit-norm; no vector or more than {MAX_VECTORS}; "
-            "a bad `k` (1-10) or `boxes`; unknown fields; a body that is no JSON object"
+            "a bad `k` (1-10), `boxes` or `blendshapes` (not 52 finite scores in [0, 1], or another count than "
+            "`vectors`); unknown fields; a body that is no JSON object"
         ),
     },
 )
@@ -316,7 +357,8 @@ def meme_image(pool: Pool, meme_id: MemeId):
     "/api/memes/{meme_id}/thumb",
     summary="A small JPEG of an indexed meme face's image, by id",
     description=(
-        "The meme's image, its longest side at most 256 px, JPEG; made once and kept. The page's private mode "
+        "The meme's image (a video moment's: its most typical frame), its longest side at most 256 px, JPEG; made "
+        "once and kept. The page's private mode "
         "fetches every file's thumbnail (`GET /api/index/export`: `thumb_ids`) before it searches, so which "
         "meme matched is never asked for."
     ),
@@ -328,6 +370,9 @@ def meme_image(pool: Pool, meme_id: MemeId):
     },
 )
 def meme_thumb(request: Request, pool: Pool, meme_id: MemeId) -> Response:
+    still = moment_still(pool, meme_id)  # a video moment: its typical frame (private mode fetches every thumb)
+    if still is not None:
+        return _cached(request, still, "image/jpeg", "public, max-age=86400")
     path = _meme_file(pool, meme_id)
     try:
         data = export.thumbnail(path)
@@ -336,24 +381,114 @@ def meme_thumb(request: Request, pool: Pool, meme_id: MemeId) -> Response:
     return _cached(request, data, "image/jpeg", "public, max-age=86400")
 
 
-def _cached(request: Request, body: bytes, media_type: str, cache_control: str) -> Response:
-    """``body`` with a strong ETag (its sha256), or 304 when the request's ``If-None-Match`` has it."""
+def moment_still(pool: SearchPool, meme_id: int) -> bytes | None:
+    """The thumbnail of a video moment: a JPEG of its ``t_frame``, at most 256 px (:func:`facial_search.clip.
+    still_jpeg`); ``None`` when ``meme_id`` is a picture or no id.
+
+    Raises:
+        HTTPException: 404 the moment's video is gone or can no longer be decoded.
+    """
+    from facial_search import clip as clips
+    from facial_search.errors import ClipError, InputNotFoundError, NotAMomentError, UnknownIdError
+
+    try:
+        moment = clips.moment_of(pool.index, meme_id)
+    except (UnknownIdError, NotAMomentError):
+        return None
+    try:
+        return clips.still_jpeg(moment.source, moment.t_frame, export.THUMB_SIDE, export.THUMB_QUALITY)
+    except (InputNotFoundError, ClipError):
+        raise HTTPException(404, f"meme {meme_id}: its video is missing or can no longer be read here") from None
+
+
+#: Media types of the moment clips, by ``GET /api/memes/{id}/clip.<format>``.
+CLIP_MEDIA_TYPES = {"gif": "image/gif", "mp4": "video/mp4"}
+
+
+def moment_clip(pool: SearchPool, meme_id: int, fmt: str) -> Path:
+    """The clip of moment ``meme_id`` (:func:`facial_search.clip.cached_clip`: cut on the first request, then
+    kept in the user cache; run in a worker thread).
+
+    Raises:
+        HTTPException: 404 no such id, a picture (no moment), its video gone or no longer readable there.
+    """
+    from facial_search import clip as clips
+    from facial_search.errors import ClipError, InputNotFoundError, NotAMomentError, UnknownIdError
+
+    try:
+        moment = clips.moment_of(pool.index, meme_id)
+        return clips.cached_clip(moment.source, moment.t_start, moment.t_end, fmt)
+    except UnknownIdError:
+        raise HTTPException(404, f"no meme with id {meme_id}") from None
+    except NotAMomentError:
+        raise HTTPException(404, f"meme {meme_id}: a picture, not a video moment") from None
+    except (InputNotFoundError, ClipError):
+        raise HTTPException(404, f"meme {meme_id}: its video is missing or can no longer be cut here") from None
+
+
+@router.get(
+    "/api/memes/{meme_id}/clip.{fmt}",
+    summary="A video moment as a GIF or an MP4 clip, by id",
+    description=(
+        "The moment of a video match (`t_start`..`t_end`, 0.3 s added either side) cut from its video: `clip.gif` "
+        "a looping GIF (one palette, at most 480 px wide and 5 MB), `clip.mp4` H.264 (`facial-search clip`). Cut "
+        "on the first request (about a second for a few seconds of 640x360), then kept in the user cache."
+    ),
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/gif": {}, "video/mp4": {}}, "description": "the clip"},
+        404: _err("no such id, a picture (no moment), or its video is gone or can no longer be cut"),
+        422: _err("the id is not an integer from 0 to 2**62, or the format is not gif or mp4"),
+    },
+)
+async def meme_clip(pool: Pool, meme_id: MemeId, fmt: Annotated[Literal["gif", "mp4"], PathParam()]):
+    path = await run_in_threadpool(moment_clip, pool, meme_id, fmt)
+    return FileResponse(path, media_type=CLIP_MEDIA_TYPES[fmt], headers={"Cache-Control": "public, max-age=86400"})
+
+
+def _cached(
+    request: Request, body: bytes, media_type: str, cache_control: str, encoding: str | None = None
+) -> Response:
+    """``body`` with a strong ETag (its sha256), or 304 when the request's ``If-None-Match`` has it.
+
+    ``encoding``: the content coding ``body`` is in (``"gzip"``: sent as ``Content-Encoding``; each coding its
+    own ETag, as the bytes differ), for a route that answers by ``Accept-Encoding`` (``Vary``)."""
     tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = {"ETag": tag, "Cache-Control": cache_control}
+    if encoding is not None:
+        headers["Vary"] = "Accept-Encoding"
+        if encoding != "identity":
+            headers["Content-Encoding"] = encoding
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
 
 
-def export_body(request: Request, pool: SearchPool) -> bytes:
-    """The encoded export document of the app's index, built on the first request (in a worker thread) and kept
-    while the index has as many faces (the server serves it read-only)."""
+def accepts_gzip(request: Request) -> bool:
+    """Whether the request's ``Accept-Encoding`` takes gzip: ``gzip`` (or ``x-gzip``), else ``*``, at a q above 0."""
+    found: dict[str, bool] = {}
+    for item in request.headers.get("accept-encoding", "").split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        q = params.strip().lower().removeprefix("q=").strip()
+        try:
+            found[coding] = not q or float(q) > 0
+        except ValueError:
+            found[coding] = False
+    return found.get("gzip", found.get("x-gzip", found.get("*", False)))
+
+
+def export_body(request: Request, pool: SearchPool) -> tuple[bytes, bytes]:
+    """The encoded export document of the app's index and its gzip (level 9, no timestamp: the same bytes each
+    time), built on the first request (in a worker thread) and kept while the index has as many faces (the
+    server serves it read-only)."""
     state = request.app.state
     kept = getattr(state, "export", None)
     if kept is None or kept[0] != pool.index.ntotal:
         label = ondevice.embedder_label(pool.index.embedder)
-        kept = state.export = (pool.index.ntotal, export.encode(export.build_export(pool.index, label)))
-    return kept[1]
+        body = export.encode(export.build_export(pool.index, label))
+        kept = state.export = (pool.index.ntotal, body, gzip.compress(body, compresslevel=9, mtime=0))
+    return kept[1], kept[2]
 
 
 @router.get(
@@ -365,7 +500,8 @@ def export_body(request: Request, pool: SearchPool) -> bytes:
         "the page fetches it once and then searches on the device itself (exact Euclidean top-k, one answer per "
         "picture: the answers of `POST /api/search/vectors`), so no embedding leaves it. About 0.6 MB for the "
         "1,365 faces of the imgflip templates. Thumbnails: `thumb_url` with each of `thumb_ids`. Sent with an "
-        "ETag (`If-None-Match` gets 304) and `Cache-Control: no-cache`."
+        "ETag (`If-None-Match` gets 304) and `Cache-Control: no-cache`; gzip-compressed (`Content-Encoding: gzip`, "
+        "compressed once and kept) where `Accept-Encoding` takes it: about a third smaller."
     ),
     responses={
         304: {"description": "the copy the client holds (its `If-None-Match`) is current"},
@@ -373,8 +509,10 @@ def export_body(request: Request, pool: SearchPool) -> bytes:
     },
 )
 async def api_index_export(request: Request, pool: Pool) -> Response:
-    body = await run_in_threadpool(export_body, request, pool)
-    return _cached(request, body, "application/json", "no-cache")
+    body, gz = await run_in_threadpool(export_body, request, pool)
+    if accepts_gzip(request):
+        return _cached(request, gz, "application/json", "no-cache", encoding="gzip")
+    return _cached(request, body, "application/json", "no-cache", encoding="identity")
 
 
 @router.get("/healthz", summary="Liveness and what is loaded", response_model=Health)

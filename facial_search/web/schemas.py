@@ -9,6 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from facial_search.web.config import MAX_K
 
 
+class SharedBlendshape(BaseModel):
+    """A blendshape both faces show (:func:`facial_search.explain.shared_blendshapes`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blendshape: str = Field(description="its MediaPipe name, e.g. `jawOpen`")
+    query: float = Field(ge=0, le=1, description="its score on the query face, 3 decimals")
+    match: float = Field(ge=0, le=1, description="its score on the meme face, 3 decimals")
+
+
 class MatchOut(BaseModel):
     """One meme face near a query face."""
 
@@ -20,6 +30,23 @@ class MatchOut(BaseModel):
     face: int = Field(ge=0, description="which face of that meme (0 = the leftmost)")
     title: str = Field(description="the meme's title")
     distance: float = Field(ge=0, description="Euclidean distance between unit-norm embeddings, [0, 2]")
+    explain: list[SharedBlendshape] | None = Field(
+        None,
+        max_length=3,
+        description="why it matches: up to 3 blendshapes both faces show most, by the lesser of the two scores, "
+        "descending (`_neutral` left out, only those >= 0.1 on both; may be empty); null when either face has no "
+        "blendshapes (an index built before they were stored; vectors sent without `blendshapes`)",
+    )
+    t_start: float | None = Field(
+        None, ge=0, description="a video's moment only (absent for a picture): where it starts, seconds into the video"
+    )
+    t_end: float | None = Field(None, ge=0, description="a video's moment only: where it ends, seconds")
+    t_frame: float | None = Field(
+        None,
+        ge=0,
+        description="a video's moment only: the time of its most typical frame (the one `box` is in), seconds",
+    )
+    track: int | None = Field(None, ge=0, description="a video's moment only: the face track within the video")
 
 
 class FaceOut(BaseModel):
@@ -82,6 +109,13 @@ NORM_TOLERANCE = 1e-3
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 VECTORS_EXAMPLE = {"vectors": [[0.125] * 64], "k": 3, "embedder": "expression v3+0123456789ab", "all_faces": False}
+#: Blendshape scores per face (MediaPipe FaceLandmarker v1: ``_neutral`` and 51 ARKit blendshapes).
+NUM_BLENDSHAPES = 52
+#: One face's blendshape scores, as the client's FaceLandmarker gives them (model order).
+Blendshapes = Annotated[
+    list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]],
+    Field(min_length=NUM_BLENDSHAPES, max_length=NUM_BLENDSHAPES),
+]
 
 
 class VectorQuery(BaseModel):
@@ -111,6 +145,12 @@ class VectorQuery(BaseModel):
         None, description="each face's [x, y, w, h] in the client's pixels, echoed in the answer (else [0, 0, 0, 0])"
     )
     image: str = Field("<vectors>", max_length=200, description="a name for the answer's `image` field")
+    blendshapes: list[Blendshapes | None] | None = Field(
+        None,
+        max_length=MAX_VECTORS,
+        description=f"per vector, its face's {NUM_BLENDSHAPES} blendshape scores in [0, 1] (FaceLandmarker order; "
+        "`null` for a face without), one entry per vector: each match's `explain` is then computed (else null)",
+    )
 
 
 class OnDeviceInfo(BaseModel):
@@ -164,3 +204,12 @@ class IndexExport(BaseModel):
     thumb_ids: list[int] = Field(description="per entry of `sources`, a face id whose `thumb_url` shows that file")
     thumb_url: str = Field(description="a face's thumbnail (JPEG, longest side 256 px), `{id}` replaced by its id")
     image_url: str = Field(description="a face's full image file, `{id}` replaced by its id")
+    blendshapes: str | None = Field(
+        None,
+        description="base64 of the (N, 52) uint8 blendshape scores times 255 (round(255 * score)), row after row "
+        "as `embeddings`, FaceLandmarker order (a zero row for a face in `blendshapes_missing`); null when no face "
+        "has them (an index built before they were stored). The page explains its matches with them",
+    )
+    blendshapes_missing: list[int] = Field(
+        default_factory=list, description="rows (0-based, as `embeddings`) of the faces without blendshapes"
+    )

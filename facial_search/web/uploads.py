@@ -70,7 +70,7 @@ def search_upload(pool: SearchPool, data: bytes, *, name: str, k: int, all_faces
     with pool.checkout() as fs:
         rgb, factor = load_image_reduced(data, max_pixels=max_pixels, shrink=True, name=name)
         faces = fs.pipeline.faces(rgb)
-        doc = fs.search_faces(rgb, faces, k=k, name=name, group_by_source=not all_faces).to_json()
+        doc = fs.search_faces(rgb, faces, k=k, name=name, group_by_source=not all_faces).to_json(explain=True)
     if factor != 1:
         for face in doc["faces"]:
             face["box"] = [v * factor for v in face["box"]]

@@ -1,14 +1,17 @@
 // facial-search web page: camera frames or a photo -> the memes, large. Plain JS modules, no build step.
 // On-device mode (the default, where WebAssembly and the models load: ondevice.js) finds and embeds every face
-// in the browser at camera rate and sends only the embeddings to POST /api/search/vectors. Private mode (the
-// "Private" switch: private.js) holds the whole index in the page and searches it here: nothing but static
-// files goes over the network. Otherwise (the page says why) frames and photos go to POST /api/search, a few
-// frames a second. One request in flight at most. Each match can be shared, copied or downloaded (share.js); a
-// tap on the preview freezes the matches. The service worker (/sw.js) keeps the page for offline use.
+// in the browser at camera rate and sends only the embeddings (and blendshape scores) to POST
+// /api/search/vectors. Private mode (the "Private" switch: private.js) holds the whole index in the page and
+// searches it here: nothing but static files goes over the network. Otherwise (the page says why) frames and
+// photos go to POST /api/search, a few frames a second. One request in flight at most. Each match shows the
+// blendshapes the face and the meme share most (its `explain`, explain.js) and can be shared, copied or
+// downloaded (share.js); a tap on the preview freezes the matches. The service worker (/sw.js) keeps the page
+// for offline use.
 "use strict";
 
 import * as priv from "/static/private.js";
 import { actionBar } from "/static/share.js";
+import { chips } from "/static/explain.js";
 
 (() => {
   const FRAME_SIDE = 320; // longest side of the frames sent, pixels
@@ -133,7 +136,7 @@ import { actionBar } from "/static/share.js";
       prefix +
       "On-device: faces are found and embedded in this browser (" +
       (device.backend === "webgpu" ? "WebGPU" : "WebAssembly") +
-      "); only their embeddings are sent, never a picture.";
+      "); only their embeddings and blendshape scores are sent, never a picture.";
     modeEl.className = "mode " + (prefix ? "warn" : "ok");
   }
 
@@ -423,7 +426,7 @@ import { actionBar } from "/static/share.js";
       if (inFlight || frozen) continue;
       inFlight = true;
       const boxes = result.faces.map((f) => f.box);
-      searchVectors(result.embeddings, boxes, "camera").then((doc) => {
+      searchVectors(result.embeddings, boxes, "camera", result.faces.map((f) => f.blendshapes)).then((doc) => {
         inFlight = false;
         if (doc && token === loopToken && mode === "camera") show(doc, image.width, image.height);
       });
@@ -472,7 +475,12 @@ import { actionBar } from "/static/share.js";
       }
       if (result) {
         const doc = result.faces.length
-          ? await searchVectors(result.embeddings, result.faces.map((f) => f.box), file.name || "photo.jpg")
+          ? await searchVectors(
+              result.embeddings,
+              result.faces.map((f) => f.box),
+              file.name || "photo.jpg",
+              result.faces.map((f) => f.blendshapes),
+            )
           : { image: file.name || "photo.jpg", faces: [] };
         if (doc && mode === "photo" && photo.src === photoURL) show(doc, result.width, result.height);
         return;
@@ -499,8 +507,9 @@ import { actionBar } from "/static/share.js";
   }
 
   // ---- API ----------------------------------------------------------------------------------------------
-  async function searchVectors(vectors, boxes, name) {
-    if (privateIndex) return priv.searchIndex(privateIndex, vectors, { k: K, boxes, image: name });
+  // blendshapes: each face's 52 scores (or null), which explain its matches (each match's `explain`)
+  async function searchVectors(vectors, boxes, name, blendshapes = null) {
+    if (privateIndex) return priv.searchIndex(privateIndex, vectors, { k: K, boxes, image: name, blendshapes });
     if (privateWanted) {
       setStatus("Private mode is loading the index: nothing is sent meanwhile.");
       return null;
@@ -510,7 +519,7 @@ import { actionBar } from "/static/share.js";
       resp = await fetch("/api/search/vectors", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ vectors, boxes, k: K, embedder: api.embedder, image: name }),
+        body: JSON.stringify({ vectors, boxes, k: K, embedder: api.embedder, image: name, ...blendshapesField(blendshapes) }),
       });
     } catch (_) {
       setStatus("Cannot reach the server. Is facial-search serve still running?", "warn");
@@ -518,6 +527,11 @@ import { actionBar } from "/static/share.js";
       return null;
     }
     return answer(resp);
+  }
+
+  // the request's optional "blendshapes": per vector its face's 52 scores, or null (sent where a face has them)
+  function blendshapesField(blendshapes) {
+    return blendshapes && blendshapes.some((b) => b) ? { blendshapes: blendshapes.map((b) => b || null) } : {};
   }
 
   async function search(blob, name) {
@@ -588,13 +602,53 @@ import { actionBar } from "/static/share.js";
     });
   }
 
+  // ---- a video match (issue 18): its moment plays in the card, muted and looping (the clip the server cuts, GET
+  // /api/memes/{id}/clip.mp4), and "Download GIF" saves it as a GIF (clip.gif). Not in private mode: asking
+  // for a clip would tell the server which meme matched.
+  const isMoment = (m) => m.t_start != null && m.t_end != null && !privateIndex;
+  const clipUrl = (m, fmt) => "/api/memes/" + encodeURIComponent(m.id) + "/clip." + fmt;
+
+  function clock(t) {
+    const tenths = Math.round(Math.max(0, t) * 10);
+    const s = Math.floor(tenths / 10) % 60;
+    return Math.floor(tenths / 600) + ":" + String(s).padStart(2, "0") + "." + (tenths % 10);
+  }
+
+  function momentPlayer(m) {
+    const v = document.createElement("video");
+    v.className = "moment";
+    v.muted = v.defaultMuted = v.autoplay = v.loop = v.playsInline = true;
+    v.setAttribute("playsinline", ""); // iOS Safari plays it in the card, not full screen
+    v.preload = "auto";
+    v.poster = "/api/memes/" + encodeURIComponent(m.id) + "/thumb"; // the moment's typical frame, while it loads
+    v.src = clipUrl(m, "mp4");
+    v.setAttribute("aria-label", m.title + ", " + clock(m.t_start) + "–" + clock(m.t_end));
+    return v;
+  }
+
+  function momentActions(m) {
+    const bar = document.createElement("div");
+    bar.className = "actions";
+    const gif = document.createElement("a");
+    gif.className = "action download gif";
+    gif.textContent = "Download GIF";
+    gif.href = clipUrl(m, "gif");
+    const base = String(m.source).split(/[\\/]/).pop().replace(/\.[^.]*$/, "") || "moment";
+    gif.download = base + "-" + m.t_start.toFixed(1) + "s.gif";
+    gif.setAttribute("aria-label", "Download the moment of " + m.title + " as a GIF");
+    gif.addEventListener("click", (e) => e.stopPropagation());
+    bar.append(gif);
+    return bar;
+  }
+
   function matchCard(m) {
     const fig = document.createElement("figure");
     fig.className = "match";
     fig.dataset.id = String(m.id);
-    const img = document.createElement("img");
+    const moment = isMoment(m);
+    const img = moment ? momentPlayer(m) : document.createElement("img");
     // private mode: the thumbnail the page holds (all were fetched); else the meme's own image
-    img.src = (privateIndex && priv.thumbOf(privateIndex, m.id)) || "/api/memes/" + encodeURIComponent(m.id) + "/image";
+    if (!moment) img.src = (privateIndex && priv.thumbOf(privateIndex, m.id)) || "/api/memes/" + encodeURIComponent(m.id) + "/image";
     img.alt = m.title;
     img.loading = "eager";
     const cap = document.createElement("figcaption");
@@ -602,16 +656,23 @@ import { actionBar } from "/static/share.js";
     title.className = "title";
     const meta = document.createElement("span");
     meta.className = "meta";
-    cap.append(title, meta, actionBar(m, setStatus));
+    const explain = document.createElement("span");
+    explain.className = "explain"; // the blendshapes the face and the meme share most (explain.js chips)
+    explain.hidden = true;
+    cap.append(title, explain, meta, moment ? momentActions(m) : actionBar(m, setStatus));
     fig.append(img, cap);
     return fig;
   }
 
   function updateCard(fig, m) {
     fig.querySelector(".title").textContent = m.title;
-    fig.querySelector(".meta").textContent = "#" + m.rank + " · distance " + m.distance.toFixed(3);
+    fig.querySelector(".meta").textContent =
+      "#" + m.rank + " · distance " + m.distance.toFixed(3) + (isMoment(m) ? " · " + clock(m.t_start) + "–" + clock(m.t_end) : "");
     fig.dataset.rank = String(m.rank);
     fig.dataset.distance = String(m.distance);
+    const explain = fig.querySelector(".explain");
+    const shared = (m.explain || []).map((e) => e.blendshape).join(" ");
+    if (explain.dataset.explain !== shared) chips(m.explain, explain); // live: rebuilt only when they change
   }
 
   function faceSection(i, total) {

@@ -2,7 +2,8 @@
 // (@mediapipe/tasks-vision, WebAssembly, the server's face_landmarker.task) finds every face and its 478
 // landmarks; align.js turns each into the 48x48 grey face align.py makes; ONNX Runtime Web (WebAssembly, or
 // WebGPU where the browser has it) runs the server's expression model on all faces of a frame at once. Only the
-// 64-d unit-norm embeddings leave the page (POST /api/search/vectors): never a picture.
+// 64-d unit-norm embeddings and MediaPipe's 52 blendshape scores of each face (which explain its matches) leave
+// the page (POST /api/search/vectors): never a picture.
 //
 // Everything is loaded from our server (/vendor/, /models/), never from a CDN. createOnDevice(info) rejects
 // with an Error saying why when something cannot load; the page then falls back to sending pictures.
@@ -53,7 +54,7 @@ async function landmarker(fileset, url, runningMode, confidence = CONFIDENCE) {
     runningMode,
     numFaces: MAX_FACES,
     ...confidence,
-    outputFaceBlendshapes: false,
+    outputFaceBlendshapes: true, // the 52 scores that explain a match (explain.js), sent beside the embedding
     outputFacialTransformationMatrixes: false,
   });
 }
@@ -143,8 +144,24 @@ function unsharp(image, amount, sigma) {
 }
 
 // ---- faces ----------------------------------------------------------------------------------------------------
-function toFace(landmarks, w, h) {
-  return { landmarks, box: boxFromLandmarks(landmarks, w, h) };
+function toFace(landmarks, w, h, blendshapes = null) {
+  return { landmarks, box: boxFromLandmarks(landmarks, w, h), blendshapes };
+}
+
+/** The 52 blendshape scores of each face of a FaceLandmarker result (categories by index: BLENDSHAPE_NAMES
+ * order), or null for a face without them. */
+function scoresOf(result, i) {
+  const cls = result.faceBlendshapes && result.faceBlendshapes[i];
+  if (!cls || !cls.categories || !cls.categories.length) return null;
+  return cls.categories
+    .slice()
+    .sort((a, b) => a.index - b.index)
+    .map((c) => Math.min(1, Math.max(0, c.score))); // in [0, 1], as the vector API takes them
+}
+
+/** Every face of a FaceLandmarker result, with its blendshapes. */
+function facesOf(result, w, h) {
+  return result.faceLandmarks.map((l, i) => toFace(l, w, h, scoresOf(result, i)));
 }
 
 function leftToRight(faces) {
@@ -226,7 +243,7 @@ export async function createOnDevice(info) {
   }
 
   function detect(lm, image) {
-    return lm.detect(image).faceLandmarks.map((l) => toFace(l, image.width, image.height));
+    return facesOf(lm.detect(image), image.width, image.height);
   }
 
   // faces.py's detect_in_tiles: for faces too small for the detector on the whole picture
@@ -243,11 +260,12 @@ export async function createOnDevice(info) {
     }
     const found = [];
     for (const [y, x, th, tw] of tileWindows(h, w)) {
-      for (const l of tiles.detect(crop(image, x, y, tw, th)).faceLandmarks) {
+      const result = tiles.detect(crop(image, x, y, tw, th));
+      result.faceLandmarks.forEach((l, i) => {
         // float32 arithmetic, as numpy does it on MediaPipe's float32 landmarks
         const lm = l.map((p) => ({ x: f32(f32(p.x * f32(tw / w)) + x / w), y: f32(f32(p.y * f32(th / h)) + y / h), z: p.z }));
-        found.push(toFace(lm, w, h));
-      }
+        found.push(toFace(lm, w, h, scoresOf(result, i)));
+      });
     }
     const kept = [];
     for (const f of found.sort((a, b) => b.box[2] * b.box[3] - a.box[2] * a.box[3])) {
@@ -274,9 +292,9 @@ export async function createOnDevice(info) {
         y: f32(f32(f32(p.y * H) - ty) / h),
         z: f32(f32(p.z * W) / w),
       }));
-      return toFace(mapped, w, h);
+      return toFace(mapped, w, h, face.blendshapes);
     }
-    return { landmarks: null, box: [0, 0, w, h] };
+    return { landmarks: null, box: [0, 0, w, h], blendshapes: null };
   }
 
   return {
@@ -285,13 +303,12 @@ export async function createOnDevice(info) {
     versions: info.versions,
     embedFaces,
 
-    /** Faces and embeddings of one video frame (VIDEO mode: tracks between frames). */
+    /** Faces ({box, landmarks, blendshapes: 52 scores | null}) and embeddings of one video frame (VIDEO mode:
+     * tracks between frames). */
     async embedFrame(image, timestampMs) {
       const t = Math.max(Math.round(timestampMs), lastTimestamp + 1);
       lastTimestamp = t;
-      const faces = leftToRight(
-        video.detectForVideo(image, t).faceLandmarks.map((l) => toFace(l, image.width, image.height)),
-      );
+      const faces = leftToRight(facesOf(video.detectForVideo(image, t), image.width, image.height));
       return { faces, embeddings: await embedFaces(image, faces) };
     },
 
@@ -299,7 +316,7 @@ export async function createOnDevice(info) {
      * Faces and embeddings of a photo (a URL or a Blob), as Pipeline.faces + Pipeline.embed do it in Python:
      * IMAGE mode, tiles where the whole photo shows no face; with {cropped: true} a ready-made face crop
      * (padded, sharpened, else the whole crop: always one face).
-     * @returns {Promise<{width, height, faces: [{box, landmarks}], embeddings: number[][]}>}
+     * @returns {Promise<{width, height, faces: [{box, landmarks, blendshapes}], embeddings: number[][]}>}
      */
     async embedImage(source, { cropped = false } = {}) {
       const image = source instanceof ImageData ? source : await decodeImage(source);

@@ -4,13 +4,19 @@
 // query renormalised and rounded to float32 as the server does; with one answer per picture group (the default)
 // the nearest face of each group; nearest first, the lower row first on a tie; distances rounded to 6 decimals.
 //
+// Each match is explained as the server explains it (its `explain`: explain.js, the port of
+// facial_search/explain.py), from the face's blendshapes and the meme's in the export.
+//
 // Pure functions but loadIndex (a fetch); the page (app.js) and the tests call them.
 "use strict";
+
+import { NUM_BLENDSHAPES, sharedBlendshapes } from "/static/explain.js";
 
 export const FORMAT = "facial-search-export/1";
 
 /** The export document -> a searchable index: {count, dim, embedder, emb: Float32Array (count x dim), rows: Map
- * id -> row, ...the document's columns}. Throws an Error for a document of another format or broken size. */
+ * id -> row, blendshapeBytes: Uint8Array (count x 52) | null, hasBlendshapes: Uint8Array (count), ...the
+ * document's columns}. Throws an Error for a document of another format or broken size. */
 export function indexFromExport(doc) {
   if (!doc || doc.format !== FORMAT) throw new Error("the server's index export is of another format");
   const bin = atob(doc.embeddings);
@@ -23,9 +29,20 @@ export function indexFromExport(doc) {
   for (let i = 0; i < emb.length; i++) emb[i] = view.getFloat32(4 * i, true);
   const rows = new Map();
   doc.ids.forEach((id, r) => rows.set(id, r));
+  // each face's blendshapes (uint8, score x 255, as the index stores them), where the index has them
+  let blendshapeBytes = null;
+  const hasBlendshapes = new Uint8Array(doc.count);
+  if (doc.blendshapes) {
+    const raw = atob(doc.blendshapes);
+    if (raw.length !== doc.count * NUM_BLENDSHAPES) throw new Error("the index export's blendshapes are truncated");
+    blendshapeBytes = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) blendshapeBytes[i] = raw.charCodeAt(i);
+    hasBlendshapes.fill(1);
+    for (const r of doc.blendshapes_missing || []) hasBlendshapes[r] = 0;
+  }
   let groups = 0;
   for (const g of doc.groups) groups = Math.max(groups, g + 1);
-  return { ...doc, emb, rows, groupCount: groups };
+  return { ...doc, emb, rows, groupCount: groups, blendshapeBytes, hasBlendshapes };
 }
 
 /** Fetch and decode the index (GET url, default /api/index/export); rejects with a message the page can show. */
@@ -97,6 +114,15 @@ export function topRows(index, q, k, allFaces = false) {
   return cand.slice(0, k);
 }
 
+/** The meme blendshapes of a row as the server reads them (uint8 / 255, float32), or null where it has none. */
+export function memeBlendshapes(index, row) {
+  if (!index.blendshapeBytes || !index.hasBlendshapes[row]) return null;
+  const out = new Array(NUM_BLENDSHAPES);
+  const o = row * NUM_BLENDSHAPES;
+  for (let i = 0; i < NUM_BLENDSHAPES; i++) out[i] = f32(index.blendshapeBytes[o + i] / 255);
+  return out;
+}
+
 /** Python's round(x, 6) for the document's distances. */
 function round6(x) {
   return Math.round(x * 1e6) / 1e6;
@@ -106,13 +132,19 @@ function round6(x) {
  * The search document of POST /api/search/vectors, made here.
  * @param index indexFromExport's result
  * @param vectors number[][] (each index.dim long; renormalised as the server does)
- * @param opts {k = 3, allFaces = false, boxes = null (echoed), image = "<vectors>"}
+ * @param opts {k = 3, allFaces = false, boxes = null (echoed), image = "<vectors>", blendshapes = null (each
+ *   vector's 52 scores, or null: each match's `explain`, else null)}
  * @returns {{image: string, faces: {box: number[], matches: object[]}[]}}
  */
-export function searchIndex(index, vectors, { k = 3, allFaces = false, boxes = null, image = "<vectors>" } = {}) {
+export function searchIndex(
+  index,
+  vectors,
+  { k = 3, allFaces = false, boxes = null, image = "<vectors>", blendshapes = null } = {},
+) {
   const faces = vectors.map((v, f) => {
     if (v.length !== index.dim) throw new Error("a vector of " + v.length + " numbers; the index has " + index.dim);
     const q = normalised(v);
+    const mine = (blendshapes && blendshapes[f]) || null;
     const matches = topRows(index, q, k, allFaces).map(([dist, r], i) => ({
       rank: i + 1,
       id: index.ids[r],
@@ -120,6 +152,7 @@ export function searchIndex(index, vectors, { k = 3, allFaces = false, boxes = n
       face: index.faces[r],
       title: index.titles[index.title[r]],
       distance: round6(dist),
+      explain: mine && sharedBlendshapes(mine, memeBlendshapes(index, r)),
     }));
     return { box: boxes ? boxes[f].slice() : [0, 0, 0, 0], matches };
   });

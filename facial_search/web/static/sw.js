@@ -13,6 +13,7 @@ const SHELL = [
   "/static/ondevice.js",
   "/static/align.js",
   "/static/private.js",
+  "/static/explain.js",
   "/static/share.js",
   "/manifest.webmanifest",
   "/icons/icon-192.png",
