@@ -404,9 +404,11 @@ def test_page_plays_a_video_match_and_offers_its_gif(moment_index, tmp_path):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
+    import httpx
     import uvicorn
 
     from facial_search.web import SearchPool, create_app
+    from facial_search.web.ondevice import embedder_label
 
     path, moments, picture = moment_index
     pool = SearchPool(path, 1)
@@ -442,6 +444,29 @@ def test_page_plays_a_video_match_and_offers_its_gif(moment_index, tmp_path):
                     meta: f.querySelector('.meta').textContent}))"""
             )
             page.screenshot(path=str(shots / "clip-moment-desktop.png"))
+            # private mode: the phone's copy of the index answers with the same moments, times and ids as the
+            # server's vector API (no clip is fetched: the card shows the moment's own frame and its times)
+            page.check("#private-toggle")
+            page.wait_for_function("() => window.facialSearch.private === 'on'", timeout=240_000)
+            vectors = [list(map(float, v)) for v in pool.index.embeddings]
+            label = embedder_label(pool.index.embedder)
+            want = httpx.post(url + "api/search/vectors", timeout=60,
+                              json={"vectors": vectors[:16], "k": 5, "embedder": label, "image": "q"}).json()  # fmt: skip
+            got = page.evaluate("(v) => window.facialSearch.privateSearch(v, {k: 5, image: 'q'})", vectors[:16])
+            drop = ("distance", "explain")
+            strip = [[{k: m[k] for k in m if k not in drop} for m in f["matches"]] for f in want["faces"]]
+            assert [[{k: m[k] for k in m if k not in drop} for m in f["matches"]] for f in got["faces"]] == strip
+            assert any("t_start" in m for f in got["faces"] for m in f["matches"])
+            page.set_input_files("#file", str(FACES / "single_face.jpg"))
+            page.wait_for_function(
+                f"() => [...document.querySelectorAll('.match img')].some(i => i.getAttribute('src') && "
+                f"i.getAttribute('src').endsWith('/api/memes/{moments[0].id}/thumb') || "
+                "[...document.querySelectorAll('.match')].some(f => f.querySelector('.meta').textContent.includes('–')))",
+                timeout=120_000,
+            )
+            private_meta = page.evaluate("() => [...document.querySelectorAll('.match .meta')].map(m => m.textContent)")
+            assert any("–" in t for t in private_meta), private_meta
+            page.screenshot(path=str(shots / "clip-moment-private-desktop.png"))
             browser.close()
         by_id = {c["id"]: c for c in cards}
         shown = [e for e in moments if e.id in by_id]

@@ -505,3 +505,27 @@ def test_each_moment_is_a_result_of_its_own(video_index):
     video = [m for m in r.faces[0].matches if m.source == str(WOLF)]
     assert len(video) >= 2, [(m.source, m.t_start) for m in r.faces[0].matches]
     assert len({(m.t_start, m.t_end) for m in video}) == len(video)
+
+
+def test_the_private_mode_export_carries_each_moment(video_index):
+    """The phone's copy of the index (GET /api/index/export) holds the moments' times, so private mode shows them."""
+    from facial_search.index.store import MemeIndex
+    from facial_search.web.export import build_export
+    from facial_search.web.schemas import IndexExport
+
+    store = MemeIndex.load(video_index)
+    doc = build_export(store, "expression v3")
+    IndexExport.model_validate(doc)
+    m = doc["moments"]
+    moments = {e.id: e for e in store.entries() if e.t_start is not None}
+    assert len(m["rows"]) == len(moments) >= 3 and len(doc["ids"]) == len(moments) + 1  # + the picture's face
+    for j, r in enumerate(m["rows"]):
+        e = moments[doc["ids"][r]]
+        assert (m["t_start"][j], m["t_end"][j], m["t_frame"][j]) == (
+            round(e.t_start, 3),
+            round(e.t_end, 3),
+            round(e.t_frame, 3),
+        )
+        assert m["track"][j] == e.track
+    groups = [doc["groups"][r] for r in m["rows"]]
+    assert len(set(groups)) == len(groups)  # each moment a result of its own, on the phone too

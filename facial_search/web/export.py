@@ -83,7 +83,8 @@ def build_export(store, embedder: str) -> dict:
         the same order; ``thumb_ids``: one face id per source file, whose ``thumb_url`` shows that file;
         ``blendshapes``: base64 of ``(N, 52)`` uint8 rows, each face's blendshape scores times 255, rounded (as
         the index stores them; a row of zeros for a face without, whose row number ``blendshapes_missing``
-        lists), or ``None`` when no face has them (:func:`blendshape_rows`).
+        lists), or ``None`` when no face has them (:func:`blendshape_rows`); ``moments``: the rows that are a
+        video's moments and their times, or ``None`` (:func:`moment_rows`).
 
     Raises:
         IndexExportError: a backend without its embeddings, or more than :data:`MAX_EXPORT_FACES` faces.
@@ -133,6 +134,23 @@ def build_export(store, embedder: str) -> dict:
         "image_url": IMAGE_URL,
         "blendshapes": None if scores is None else base64.b64encode(scores.tobytes()).decode("ascii"),
         "blendshapes_missing": missing,
+        "moments": moment_rows(entries),
+    }
+
+
+def moment_rows(entries: list) -> dict | None:
+    """``{"rows", "t_start", "t_end", "t_frame", "track"}`` of the entries that are a video's moments (times in
+    seconds, 3 decimals, as the search document gives them), ``None`` when none is."""
+    rows = [i for i, e in enumerate(entries) if getattr(e, "t_start", None) is not None]
+    if not rows:
+        return None
+    es = [entries[i] for i in rows]
+    return {
+        "rows": rows,
+        "t_start": [round(float(e.t_start), 3) for e in es],
+        "t_end": [round(float(e.t_end), 3) for e in es],
+        "t_frame": [round(float(e.t_start if e.t_frame is None else e.t_frame), 3) for e in es],
+        "track": [-1 if e.track is None else int(e.track) for e in es],
     }
 
 

@@ -172,6 +172,19 @@ class OnDeviceInfo(BaseModel):
     norm_tolerance: float = Field(gt=0, description="how far from 1 a vector's L2 norm may be")
 
 
+class ExportMoments(BaseModel):
+    """The rows of the export that are moments of a video, and their times (seconds into the video), as the search
+    document's `t_start`, `t_end`, `t_frame`, `track` (3 decimals); a moment's own thumbnail is its typical frame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[int] = Field(description="rows (0-based, as `embeddings`) that are moments")
+    t_start: list[float] = Field(description="per row of `rows`: where the moment starts, seconds")
+    t_end: list[float] = Field(description="per row of `rows`: where it ends, seconds")
+    t_frame: list[float] = Field(description="per row of `rows`: its most typical frame, seconds")
+    track: list[int] = Field(description="per row of `rows`: the face track within the video")
+
+
 class IndexExport(BaseModel):
     """What ``GET /api/index/export`` gives: the whole index, for the page's private mode to search itself.
 
@@ -212,4 +225,7 @@ class IndexExport(BaseModel):
     )
     blendshapes_missing: list[int] = Field(
         default_factory=list, description="rows (0-based, as `embeddings`) of the faces without blendshapes"
+    )
+    moments: ExportMoments | None = Field(
+        None, description="the rows that are a video's moments (issue 18) and their times; null when none is"
     )

@@ -605,7 +605,8 @@ import { chips } from "/static/explain.js";
   // ---- a video match (issue 18): its moment plays in the card, muted and looping (the clip the server cuts, GET
   // /api/memes/{id}/clip.mp4), and "Download GIF" saves it as a GIF (clip.gif). Not in private mode: asking
   // for a clip would tell the server which meme matched.
-  const isMoment = (m) => m.t_start != null && m.t_end != null && !privateIndex;
+  const hasTimes = (m) => m.t_start != null && m.t_end != null; // a video's moment (private mode: its frame)
+  const isMoment = (m) => hasTimes(m) && !privateIndex;
   const clipUrl = (m, fmt) => "/api/memes/" + encodeURIComponent(m.id) + "/clip." + fmt;
 
   function clock(t) {
@@ -659,7 +660,8 @@ import { chips } from "/static/explain.js";
     const explain = document.createElement("span");
     explain.className = "explain"; // the blendshapes the face and the meme share most (explain.js chips)
     explain.hidden = true;
-    cap.append(title, explain, meta, moment ? momentActions(m) : actionBar(m, setStatus));
+    // (a moment in private mode: its frame and times, no image actions: the server holds no image file for it)
+    cap.append(title, explain, meta, moment ? momentActions(m) : hasTimes(m) ? document.createElement("div") : actionBar(m, setStatus));
     fig.append(img, cap);
     return fig;
   }
@@ -667,7 +669,7 @@ import { chips } from "/static/explain.js";
   function updateCard(fig, m) {
     fig.querySelector(".title").textContent = m.title;
     fig.querySelector(".meta").textContent =
-      "#" + m.rank + " · distance " + m.distance.toFixed(3) + (isMoment(m) ? " · " + clock(m.t_start) + "–" + clock(m.t_end) : "");
+      "#" + m.rank + " · distance " + m.distance.toFixed(3) + (hasTimes(m) ? " · " + clock(m.t_start) + "–" + clock(m.t_end) : "");
     fig.dataset.rank = String(m.rank);
     fig.dataset.distance = String(m.distance);
     const explain = fig.querySelector(".explain");

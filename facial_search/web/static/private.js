@@ -42,7 +42,10 @@ export function indexFromExport(doc) {
   }
   let groups = 0;
   for (const g of doc.groups) groups = Math.max(groups, g + 1);
-  return { ...doc, emb, rows, groupCount: groups, blendshapeBytes, hasBlendshapes };
+  // a video's moments (row -> its place in doc.moments), each shown by its own typical frame
+  const momentOf = new Map();
+  if (doc.moments) doc.moments.rows.forEach((r, j) => momentOf.set(r, j));
+  return { ...doc, emb, rows, groupCount: groups, blendshapeBytes, hasBlendshapes, momentOf };
 }
 
 /** Fetch and decode the index (GET url, default /api/index/export); rejects with a message the page can show. */
@@ -58,15 +61,27 @@ export async function loadIndex(url = "/api/index/export") {
   return indexFromExport(doc);
 }
 
-/** The thumbnail URL of each source file (one per file: every face of it shares it). */
+/** The thumbnail URL of each source file (one per file: every face of it shares it) and of each video moment
+ * (its own frame). */
 export function thumbUrls(index) {
-  return index.thumb_ids.map((id) => index.thumb_url.replace("{id}", String(id)));
+  const ids = index.thumb_ids.concat(index.moments ? index.moments.rows.map((r) => index.ids[r]) : []);
+  return [...new Set(ids)].map((id) => index.thumb_url.replace("{id}", String(id)));
 }
 
-/** The thumbnail URL of the face with this id. */
+/** The thumbnail URL of the face with this id (a moment: its own frame; a picture's face: its file's). */
 export function thumbOf(index, id) {
   const row = index.rows.get(id);
-  return row === undefined ? null : index.thumb_url.replace("{id}", String(index.thumb_ids[index.source[row]]));
+  if (row === undefined) return null;
+  const shown = index.momentOf.has(row) ? id : index.thumb_ids[index.source[row]];
+  return index.thumb_url.replace("{id}", String(shown));
+}
+
+/** The moment keys of the search document for a row ({} for a picture's face). */
+function momentKeys(index, row) {
+  const j = index.momentOf.get(row);
+  if (j === undefined) return {};
+  const m = index.moments;
+  return { t_start: m.t_start[j], t_end: m.t_end[j], t_frame: m.t_frame[j], track: m.track[j] < 0 ? null : m.track[j] };
 }
 
 const f32 = Math.fround;
@@ -153,6 +168,7 @@ export function searchIndex(
       title: index.titles[index.title[r]],
       distance: round6(dist),
       explain: mine && sharedBlendshapes(mine, memeBlendshapes(index, r)),
+      ...momentKeys(index, r),
     }));
     return { box: boxes ? boxes[f].slice() : [0, 0, 0, 0], matches };
   });
