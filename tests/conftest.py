@@ -102,3 +102,14 @@ def milvus_server(tmp_path_factory) -> str:
             os.killpg(proc.pid, 9)  # its own process group (start_new_session): the launcher and the server
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def pool(meme_index):
+    """The web tests' search pool over :func:`meme_index` (2 pipelines), one per test module (a module that
+    needs another defines its own ``pool``)."""
+    from facial_search.web import SearchPool
+
+    p = SearchPool(meme_index, 2)
+    yield p
+    p.close()

@@ -176,6 +176,24 @@ CHROMIUM = os.environ.get("FACIAL_SEARCH_CHROMIUM", "/usr/bin/chromium")
 #: Playwright context options of a phone and of a desktop window.
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+
+
+def require_browser(*, vendor: bool = False):
+    """Skip the calling test module unless Debian's Chromium (:data:`CHROMIUM`) and Playwright are here, and
+    with ``vendor`` the page's npm packages (``npm ci``); returns ``playwright.sync_api``."""
+    import pytest
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is absent (pip install playwright)")
+    if vendor:
+        from facial_search.web.ondevice import VENDOR_FILES, vendor_file
+
+        if any(vendor_file(n) is None for n in VENDOR_FILES):
+            pytest.skip("the browser packages are not installed (npm ci; make test runs it)", allow_module_level=True)
+    return sync_api
+
+
 #: Chromium's flags for the page tests that use the camera (a fake one) and no network beyond the server.
 CAMERA_FLAGS = [
     "--no-sandbox",

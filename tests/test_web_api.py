@@ -41,13 +41,6 @@ BODY_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def pool(meme_index):
-    p = SearchPool(meme_index, 2)
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
 def client(pool):
     with TestClient(create_app(pool=pool)) as c:
         yield c

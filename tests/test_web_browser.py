@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CHROMIUM, DESKTOP, PHONE  # noqa: E402
+from helpers import CHROMIUM, DESKTOP, PHONE, require_browser  # noqa: E402
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is absent (pip install playwright)")
+sync_api = require_browser()
 pytest.importorskip("fastapi", reason="the web extra (fastapi, uvicorn, python-multipart) is not installed")
 
 import cv2  # noqa: E402

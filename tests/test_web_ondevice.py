@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CHROMIUM, DESKTOP, PHONE  # noqa: E402
+from helpers import CHROMIUM, DESKTOP, PHONE, require_browser  # noqa: E402
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is absent (pip install playwright)")
+sync_api = require_browser(vendor=True)
 pytest.importorskip("fastapi", reason="the web extra (fastapi, uvicorn, python-multipart) is not installed")
 
 import cv2  # noqa: E402
@@ -35,10 +33,6 @@ from helpers import FACES, FERPLUS, MEMES  # noqa: E402
 from facial_search.io.images import load_image  # noqa: E402
 from facial_search.vision.align import ALIGN_LANDMARKS, TEMPLATE, align_face  # noqa: E402
 from facial_search.web import SearchPool, create_app  # noqa: E402
-from facial_search.web.ondevice import VENDOR_FILES, vendor_file  # noqa: E402
-
-if any(vendor_file(n) is None for n in VENDOR_FILES):
-    pytest.skip("the browser packages are not installed (npm ci; make test runs it)", allow_module_level=True)
 
 FLAGS = [
     "--no-sandbox",

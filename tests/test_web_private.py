@@ -24,23 +24,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import CAMERA_FLAGS as FLAGS  # noqa: E402
-from helpers import CHROMIUM, DESKTOP, PHONE  # noqa: E402
+from helpers import CHROMIUM, DESKTOP, PHONE, require_browser  # noqa: E402
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is absent (pip install playwright)")
+sync_api = require_browser(vendor=True)
 
 import httpx  # noqa: E402
 from helpers import FACES, VIDEOS, LiveServer, write_mjpeg  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from facial_search.io.images import load_image  # noqa: E402
-from facial_search.web import SearchPool  # noqa: E402
 from facial_search.web import export as ex  # noqa: E402
-from facial_search.web.ondevice import VENDOR_FILES, embedder_label, vendor_file  # noqa: E402
-
-if any(vendor_file(n) is None for n in VENDOR_FILES):
-    pytest.skip("the browser packages are not installed (npm ci; make test runs it)", allow_module_level=True)
+from facial_search.web.ondevice import embedder_label  # noqa: E402
 
 TIMEOUT_MS = 120_000
 #: Paths private mode may ask for once it is on: static files, the models, the index, the thumbnails.
@@ -55,13 +49,6 @@ def shots(tmp_path_factory) -> Path:
     out = Path(os.environ.get("FACIAL_SEARCH_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-@pytest.fixture(scope="module")
-def pool(meme_index):
-    p = SearchPool(meme_index, 2)
-    yield p
-    p.close()
 
 
 @pytest.fixture(scope="module")

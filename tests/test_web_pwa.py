@@ -23,32 +23,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import CAMERA_FLAGS as FLAGS  # noqa: E402
-from helpers import CHROMIUM, PHONE  # noqa: E402
+from helpers import CHROMIUM, PHONE, require_browser  # noqa: E402
 
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium; .ci/run installs it)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is absent (pip install playwright)")
+sync_api = require_browser(vendor=True)
 
 import httpx  # noqa: E402
 from helpers import VIDEOS, LiveServer, write_mjpeg  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from facial_search.io.images import load_image  # noqa: E402
-from facial_search.web import SearchPool  # noqa: E402
-from facial_search.web.ondevice import VENDOR_FILES, vendor_file  # noqa: E402
 from facial_search.web.pwa import ICONS, MANIFEST  # noqa: E402
 
-if any(vendor_file(n) is None for n in VENDOR_FILES):
-    pytest.skip("the browser packages are not installed (npm ci; make test runs it)", allow_module_level=True)
-
 TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def pool(meme_index):
-    p = SearchPool(meme_index, 2)
-    yield p
-    p.close()
 
 
 @pytest.fixture(scope="module")
